@@ -1,0 +1,1 @@
+"""mrw.generators: LangGraph workloads and the recorder that turns their LLM calls into traces."""

@@ -1,0 +1,3 @@
+from mrw.cli import main
+
+main()

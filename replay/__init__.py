@@ -1,0 +1,1 @@
+"""mrw.replay: reissue a trace against an engine, under knobs, while metering energy."""

@@ -1,0 +1,156 @@
+"""The one interface every engine adapter implements, and the records that cross it.
+
+Two shapes of engine exist:
+- call-level engines (vLLM, any OpenAI-compatible server) take one `Request` at a time; the
+  replay scheduler decides when each call is released (deps done + recorded wait);
+- workflow-level engines (Parrot) take a whole workflow at its arrival time and schedule its
+  calls themselves, because seeing the graph is the point of such an engine.
+
+An adapter declares `Capabilities`; the replayer uses what is there and records in the run
+what fidelity it could not enforce (`Fidelity`), never failing silently.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, ClassVar
+
+from mrw.trace import Workflow
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    exact_output_length: bool = False  # max_tokens = min_tokens with EOS ignored
+    token_id_prompts: bool = False  # prompt as a list of token ids
+    streaming: bool = False  # per-token timing: TTFT and inter-token latency are real
+    whole_workflow: bool = False  # takes a workflow (graph), not single calls
+    metrics_endpoint: bool = False  # Prometheus /metrics worth scraping
+    prefix_caching: bool = False  # engine can reuse KV of shared prefixes
+    reports_usage: bool = True  # answers carry prompt/completion token counts
+
+    def to_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class Request:
+    """One call as the replayer sends it: prompt already rendered, lengths forced."""
+
+    call_id: str
+    workflow_id: str
+    node: str
+    messages: list[dict[str, str]] | None = None  # chat
+    prompt: str | list[int] | None = None  # completions: text or token ids
+    max_tokens: int = 16  # = recorded output tokens
+    min_tokens: int | None = None  # = max_tokens when forcing exact length
+    ignore_eos: bool = True
+    expected_input_tokens: int | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, seed, ...
+
+
+@dataclass(slots=True)
+class CallResult:
+    """One finished (or failed) call, as written to requests.jsonl. Times are seconds since
+    the run started (time.monotonic based); None where the engine cannot tell."""
+
+    call_id: str
+    workflow_id: str
+    node: str
+    ok: bool
+    t_scheduled: float | None = None  # when the replay schedule wanted it issued
+    t_issue: float | None = None
+    t_first_token: float | None = None
+    t_end: float | None = None
+    input_tokens: int | None = None  # as the engine reported them
+    output_tokens: int | None = None
+    expected_input_tokens: int | None = None  # as recorded in the trace
+    expected_output_tokens: int | None = None
+    token_times: list[float] | None = None  # arrival time of each streamed chunk with tokens
+    error: str | None = None
+    output: str | None = None  # kept in memory for --live-refs; not written by default
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ttft(self) -> float | None:
+        if self.t_first_token is None or self.t_issue is None:
+            return None
+        return self.t_first_token - self.t_issue
+
+    @property
+    def e2e(self) -> float | None:
+        if self.t_end is None or self.t_issue is None:
+            return None
+        return self.t_end - self.t_issue
+
+    @property
+    def tpot(self) -> float | None:
+        """Mean time per output token after the first."""
+        if self.t_end is None or self.t_first_token is None or not self.output_tokens or self.output_tokens < 2:
+            return None
+        return (self.t_end - self.t_first_token) / (self.output_tokens - 1)
+
+    def to_dict(self, *, with_output: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_output:
+            d.pop("output")
+        if not d["extra"]:
+            d.pop("extra")
+        return d
+
+
+@dataclass(slots=True)
+class Fidelity:
+    """What the replay could not enforce with this engine; goes into run.json."""
+
+    output_length_forced: bool = True
+    input_length_checked: bool = True
+    ttft_measured: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Called by a workflow-level engine as each of its calls finishes.
+ResultSink = Callable[[CallResult], Awaitable[None]]
+
+
+class Engine(abc.ABC):
+    """An engine adapter. Construct with its options, `await start()`, replay, `await close()`."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open clients and check the engine answers; raise EngineUnreachable if not."""
+
+    async def close(self) -> None:
+        """Release clients. Never raises."""
+
+    def fidelity(self) -> Fidelity:
+        """What this engine, as configured, can enforce. Adapters refine this."""
+        caps = self.capabilities
+        f = Fidelity(
+            output_length_forced=caps.exact_output_length,
+            ttft_measured=caps.streaming,
+            input_length_checked=caps.reports_usage,
+        )
+        if not caps.exact_output_length:
+            f.notes.append(f"{self.name}: output length is capped by max_tokens but not forced")
+        if not caps.streaming:
+            f.notes.append(f"{self.name}: no streaming, so no TTFT or inter-token times")
+        return f
+
+    def describe(self) -> dict[str, Any]:
+        """Engine, version, model and host for run.json: never a credential."""
+        return {"engine": self.name}
+
+    async def run_call(self, req: Request) -> CallResult:
+        """Call-level engines: issue one request and return its result (ok or not)."""
+        raise NotImplementedError(f"{self.name} takes whole workflows, not single calls")
+
+    async def run_workflow(self, workflow: Workflow, requests: dict[str, Request], sink: ResultSink) -> None:
+        """Workflow-level engines: submit the whole graph, report each call through `sink`."""
+        raise NotImplementedError(f"{self.name} takes single calls, not whole workflows")
