@@ -344,9 +344,9 @@ class Scheduler:
         if not res.ok and res.extra.get("error_kind") in ("transport", "timeout"):
             dead = await self._engine_health()
             if dead is not None:
-                res.error = f"not finished: {dead} ({res.error})"
+                self._engine_died(dead)  # first: so that this failure does not skip dependents
+                res.error = f"not finished: engine died: {dead} (this call: {res.error})"
                 self._complete(res, n, t_sched)
-                self._engine_died(dead)
                 return
         self._complete(res, n, t_sched)
 
@@ -409,9 +409,9 @@ class Scheduler:
             if not res.ok and res.extra.get("error_kind") in ("transport", "timeout"):
                 dead = await self._engine_health()
                 if dead is not None:
-                    res.error = f"not finished: {dead} ({res.error})"
-                    self._complete(res, n, None)
                     self._engine_died(dead)
+                    res.error = f"not finished: engine died: {dead} (this call: {res.error})"
+                    self._complete(res, n, None)
                     return
             self._complete(res, n, None)
 

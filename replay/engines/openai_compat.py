@@ -58,7 +58,7 @@ def why_unreachable(exc: BaseException) -> str:
         if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) == errno.ECONNREFUSED:
             return "connection refused"
         seen = seen.__cause__ or seen.__context__
-    text = str(exc) or type(exc).__name__
+    text = str(exc) or f"connection closed ({type(exc).__name__})"
     low = text.lower()
     if "refused" in low or "all connection attempts failed" in low:
         return "connection refused"
