@@ -66,10 +66,10 @@ def validate(files: tuple[Path, ...], quiet: bool) -> None:
         if problems:
             bad += 1
             for p in problems:
-                out.print(f"{f}: {p}", highlight=False, soft_wrap=True)
+                click.echo(f"{f}: {p}")
         elif not quiet:
             n = sum(len(w["calls"]) for w in doc["workflows"])
-            out.print(f"{f}: ok ({len(doc['workflows'])} workflows, {n} calls)", highlight=False)
+            click.echo(f"{f}: ok ({len(doc['workflows'])} workflows, {n} calls)")
     if bad:
         raise SystemExit(1)
 
@@ -192,7 +192,7 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
         raise click.BadParameter("must be > 0", param_hint="--rate")
     if time_scale < 0 or wait_scale < 0:
         raise click.BadParameter("must be >= 0", param_hint="--time-scale/--wait-scale")
-    extra: dict = {"api_key_env": api_key_env}
+    extra: dict = {"api_key_env": api_key_env, "quiet": quiet}
     if openai_extra:
         try:
             extra["body"] = orjson.loads(openai_extra)

