@@ -224,8 +224,10 @@ async def replay_async(
         if scraper is not None:
             await scraper.stop()
         await engine.close()
-        wall = time.perf_counter() - t_start
-        extra: dict[str, Any] = {"duration_s": round(wall, 3)}
+        t_end = time.perf_counter()
+        extra: dict[str, Any] = {"wall_s": round(t_end - t_start, 3)}  # engine start-up included
+        if engine.t0 >= t_start and sched is not None:
+            extra["duration_s"] = round(t_end - engine.t0, 3)  # the replay itself, from t0
         if sched is not None:
             extra["progress"] = {"total": n_calls, "finished": sched.finished, "failed": sched.failed}
             extra["token_check"] = sched.check.to_dict()
