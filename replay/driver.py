@@ -103,7 +103,7 @@ async def replay_async(
     trace = load(trace_path)
     workflows = select_workflows(trace, opts)
     engine_cls = get_engine(engine_name)
-    engine: Engine = engine_cls(engine_options)
+    engine: Engine = engine_cls.from_options(engine_options)
     notes = check_feasible(trace, workflows, engine.capabilities, opts)
     if not opts.force_output_length:
         notes.append("output lengths not forced (--no-force-length): responses end where the model stops")
@@ -131,7 +131,8 @@ async def replay_async(
             "progress": {"total": n_calls, "finished": 0, "failed": 0},
         },
     )
-    engine.options.log_dir = run_dir
+    if isinstance(getattr(engine, "options", None), EngineOptions):
+        engine.options.log_dir = run_dir
     scraper: MetricsScraper | None = None
     sched: Scheduler | None = None
     status, error = "failed", None

@@ -160,7 +160,9 @@ class Engine(abc.ABC):
     the engine if needed, open clients), calls or workflows, `await close()` (always, on
     every exit path; stops what start() launched).
 
-    Times in CallResult are `self.now()`: seconds since the run's t0, set by the replayer.
+    Times in CallResult are `self.now()`: seconds of `time.perf_counter()` since the run's
+    t0, which the replayer sets (`engine.t0`) just before the first arrival; metrics.jsonl
+    and the meters use the same clock.
     """
 
     name: ClassVar[str]
@@ -169,6 +171,14 @@ class Engine(abc.ABC):
     def __init__(self, options: EngineOptions | None = None) -> None:
         self.options = options or EngineOptions()
         self.t0 = time.perf_counter()
+
+    @classmethod
+    def from_options(cls, options: EngineOptions) -> "Engine":
+        """Build the adapter from the options every engine shares (what the CLI parses).
+        An adapter with its own options dataclass overrides this and maps `options.url`,
+        `options.model`, `options.knobs` and `options.extra` onto it (refusing knobs it
+        cannot apply with a KnobError)."""
+        return cls(options)
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
