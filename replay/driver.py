@@ -90,6 +90,16 @@ def _engine_options_record(o: EngineOptions) -> dict[str, Any]:
     }
 
 
+def _mark_all(sched: Scheduler | None, trace, workflows, engine, record, opts, why: str) -> None:
+    """Give every call without a result its "not finished" line (also when the run never began,
+    e.g. the engine failed to start), so requests.jsonl always covers the whole trace."""
+    try:
+        s = sched or Scheduler(trace, workflows, engine, record, opts)
+        s._mark_unfinished(why)
+    except Exception:
+        pass
+
+
 async def replay_async(
     trace_path: str | os.PathLike,
     engine_name: str,
@@ -207,19 +217,14 @@ async def replay_async(
         status, error = "failed", f"engine died mid-run: {e}"
         raise EngineError(f"{error}; finished requests are in {run_dir}") from None
     except asyncio.CancelledError:
-        status, error = "interrupted", (sched.stop_reason if sched and sched.stop_reason else "interrupted")
-        if sched is not None:
-            sched._mark_unfinished(error)
+        status, error = "interrupted", (sched.stop_reason if sched and sched.stop_reason else "interrupted before the replay began")
+        _mark_all(sched, trace, workflows, engine, record, opts, error)
         raise
     except BaseException as e:
         if error is None:
             error = f"{type(e).__name__}: {e}" if not isinstance(e, MrwError) else str(e)
         status = "failed"
-        if sched is not None:
-            try:
-                sched._mark_unfinished(f"mrw stopped: {error}")
-            except Exception:
-                pass
+        _mark_all(sched, trace, workflows, engine, record, opts, error if sched is None else f"mrw stopped: {error}")
         raise
     finally:
         if scraper is not None:

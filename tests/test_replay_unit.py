@@ -186,3 +186,53 @@ def test_unknown_engine_and_bad_trace_are_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "mrw", "replay", str(good), "--engine", "nope", "--url", "http://127.0.0.1:9"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "unknown engine 'nope'; known engines:" in p.stderr
+
+
+def _run_dir(path: Path, label: str, e2e: float, energy: dict | None = None) -> Path:
+    """A run directory written by the real RunWriter: one workflow a -> b."""
+    w = runmod.RunWriter.create(path, {"trace": {"calls": 2, "workflows": 1}, "engine": {"engine": label}, "knobs": {"max_num_seqs": 8},
+                                       "host": runmod.host_info()})
+    w.append({"call_id": "a", "workflow_id": "w", "node": "n", "ok": True, "t_arrival": 0.0, "t_scheduled": 0.0, "t_issue": 0.001,
+              "t_first_token": 0.05, "t_end": e2e, "input_tokens": 10, "output_tokens": 5, "expected_input_tokens": 10,
+              "expected_output_tokens": 5, "deps": [], "wait_s": 0.0, "error": None})
+    w.append({"call_id": "b", "workflow_id": "w", "node": "n", "ok": True, "t_arrival": 0.0, "t_scheduled": e2e + 0.5, "t_issue": e2e + 0.502,
+              "t_first_token": e2e + 0.6, "t_end": 2 * e2e + 0.502, "input_tokens": 12, "output_tokens": 6, "expected_input_tokens": 12,
+              "expected_output_tokens": 5, "deps": ["a"], "wait_s": 0.5, "error": None})
+    w.finish("completed")
+    if energy is not None:
+        (path / "energy.json").write_bytes(orjson.dumps(energy))
+    return path
+
+
+def test_analyze_energy_figures_or_not_measured(tmp_path):
+    from mrw.analysis.summary import _rows, summarize
+
+    a = summarize(_run_dir(tmp_path / "a", "vllm", 1.0))
+    assert a["energy"] is None and dict(_rows(a))["energy"] == "not measured"
+    b = summarize(_run_dir(tmp_path / "b", "vllm", 1.0, {"summary": {"gpu_j": 1234.5, "j_per_output_token": 0.42}, "meters": []}))
+    assert b["energy"]["summary"]["gpu_j"] == 1234.5
+    assert dict(_rows(b))["energy"] == "gpu_j=1,234, j_per_output_token=0.42"
+    # token check and the critical path come from the lines alone
+    assert a["token_check"]["output_mismatch"] == 1 and a["token_check"]["output_examples"][0]["call_id"] == "b"
+    cp = a["workflows"]["critical_path_mean"]
+    assert cp["wait_s"] == pytest.approx(0.5) and cp["delay_s"] == pytest.approx(0.003) and cp["llm_s"] == pytest.approx(1.999)
+
+
+def test_analyze_side_by_side_cli(tmp_path):
+    _run_dir(tmp_path / "vllm-run", "vllm", 1.0)
+    _run_dir(tmp_path / "parrot-run", "parrot", 2.0)
+    p = subprocess.run([sys.executable, "-m", "mrw", "analyze", str(tmp_path / "vllm-run"), str(tmp_path / "parrot-run")],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert p.returncode == 0, p.stderr
+    assert "vllm-run" in p.stdout and "parrot-run" in p.stdout and "makespan" in p.stdout
+    lines = [l for l in p.stdout.splitlines() if "E2E ms" in l]
+    assert lines and "1,000.0" in lines[0] and "2,000.0" in lines[0]  # each run's own mean E2E (ms)
+    j = subprocess.run([sys.executable, "-m", "mrw", "analyze", "--json", str(tmp_path / "vllm-run"), str(tmp_path / "parrot-run")],
+                       capture_output=True, text=True, timeout=60)
+    runs = orjson.loads(j.stdout)["runs"]
+    assert [r["engine"]["engine"] for r in runs] == ["vllm", "parrot"]
+
+
+def test_analyze_refuses_what_is_not_a_run_dir(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "mrw", "analyze", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "not a run directory (no run.json)" in p.stderr
