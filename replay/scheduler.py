@@ -371,6 +371,9 @@ class Scheduler:
         if res.ok and self.opts.live_refs and res.output is not None:
             self.outputs[c.id] = res.output
         self.sink(res)
+        # On disk now: drop the bulky parts (a long run would otherwise hold every token time).
+        res.token_times = None
+        res.output = None
         if not res.ok and self.stop_reason is None:
             self._skip_descendants(n, f"not issued: dependency {c.id} failed")
         elif not self.whole_workflow and self.stop_reason is None:
