@@ -13,6 +13,7 @@ Order matters for the "nothing half-made, nothing lost" rules:
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -145,6 +146,7 @@ async def replay_async(
         engine.options.log_dir = run_dir
     scraper: MetricsScraper | None = None
     sched: Scheduler | None = None
+    meta_writes: list[asyncio.Future] = []
     status, error = "failed", None
     t_start = time.perf_counter()
 
@@ -180,6 +182,11 @@ async def replay_async(
             on_scheduler(sched, asyncio.current_task())  # type: ignore[arg-type]
         if progress is not None:
             progress.start(n_calls, f"replay {engine.name}")
+        # The trace and everything built so far live for the whole run: move them out of the
+        # cyclic GC's sight, so a full collection mid-run (a dispatch stall that grows with
+        # the trace) has only the run's own new objects to scan.
+        gc.collect()
+        gc.freeze()
         # t0: the zero of every time in requests.jsonl and metrics.jsonl. Set last, so that
         # nothing slow (run.json's fsync, client set-up) sits between it and the first arrival.
         t0 = time.perf_counter()
@@ -196,8 +203,12 @@ async def replay_async(
                     progress.update(sched.finished, sched.failed)
                 if time.perf_counter() - last_meta > 5.0:
                     last_meta = time.perf_counter()
-                    # run.json is fsynced: off the loop, so dispatch is not held up.
-                    await asyncio.to_thread(writer.update, progress={"total": n_calls, "finished": sched.finished, "failed": sched.failed})
+                    # run.json is fsynced: off the loop, so dispatch is not held up. Shielded
+                    # and awaited before the final write, so a late progress write can never
+                    # replace the final status.
+                    prog = {"total": n_calls, "finished": sched.finished, "failed": sched.failed}
+                    meta_writes.append(asyncio.ensure_future(asyncio.to_thread(writer.update, progress=prog)))
+                    await asyncio.shield(meta_writes[-1])
 
         ticker = asyncio.ensure_future(tick())
         try:
@@ -227,6 +238,9 @@ async def replay_async(
         _mark_all(sched, trace, workflows, engine, record, opts, error if sched is None else f"mrw stopped: {error}")
         raise
     finally:
+        pending = [f for f in meta_writes if not f.done()]
+        if pending:
+            await asyncio.wait(pending)
         if scraper is not None:
             await scraper.stop()
         await engine.close()
@@ -247,6 +261,7 @@ async def replay_async(
         if scraper is not None:
             extra["metrics_scrape"] = scraper.to_dict()
         writer.finish(status, error, **extra)
+        gc.unfreeze()
     ok = sum(1 for r in sched.results.values() if r.ok)
     return ReplayOutcome(
         run_dir=run_dir,

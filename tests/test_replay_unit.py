@@ -236,3 +236,12 @@ def test_analyze_side_by_side_cli(tmp_path):
 def test_analyze_refuses_what_is_not_a_run_dir(tmp_path):
     p = subprocess.run([sys.executable, "-m", "mrw", "analyze", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "not a run directory (no run.json)" in p.stderr
+
+
+def test_openai_engine_needs_a_url(tmp_path):
+    from mrw.trace import dump
+
+    dump(build_trace(), tmp_path / "t.json")
+    p = subprocess.run([sys.executable, "-m", "mrw", "replay", str(tmp_path / "t.json"), "--engine", "openai", "-o", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "--engine openai needs --url" in p.stderr and not (tmp_path / "r").exists()
