@@ -239,6 +239,9 @@ class _Builder:
                 messages=[Message(m.role, list(m.content)) for m in msgs],
                 sampling=sampling,
             )
+            # refs to earlier turns of the conversation are transitive deps already; the
+            # trace model wants every spliced output among the call's own deps
+            call.deps = list(dict.fromkeys(call.deps + call.refs()))
             self.calls.append(call)
             if mode == "deltas_without_responses":
                 acc = msgs + [Message("assistant", [{"ref": call.id}])]
