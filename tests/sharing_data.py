@@ -1,5 +1,5 @@
-"""Real data for the sharing tests: a small byte-level BPE tokenizer trained here (no
-download), and an mrw trace with text whose token counts come from that tokenizer.
+"""Real data for the sharing tests: an mrw trace with text whose token counts come from a
+real tokenizer (the tiny local model's byte-level BPE, tests/conftest.py's `tiny`).
 
 The trace has the shapes the study's workloads have: a sequential-summarisation chain, a
 copilot fork-join sharing a long system prompt, and an N-shaped DAG that no level-
@@ -13,11 +13,6 @@ from pathlib import Path
 
 from mrw.trace import Call, Message, Trace, Workflow, new_header
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
 WORDS = (
     "the model serves requests in batches while the cache keeps blocks of keys and values for every prompt "
     "energy per token falls as batch size grows until memory bandwidth limits decode throughput "
@@ -26,33 +21,6 @@ WORDS = (
     "search results list documents with titles snippets and links for the copilot to cite "
     "the coder writes a function the reviewer reads it and the tester runs the unit tests"
 ).split()
-
-
-def corpus(n: int = 3000, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(8, 30))) for _ in range(n)]
-
-
-def make_tokenizer(dirpath: Path):
-    """Train a ~600-token byte-level BPE and save it as a Hugging Face tokenizer dir."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus(), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
-                                   additional_special_tokens=specials[2:])
-    fast.chat_template = CHAT_TEMPLATE
-    dirpath.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(dirpath))
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(dirpath), local_files_only=True)
 
 
 def _text(rng: random.Random, n: int) -> str:
@@ -132,10 +100,8 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tok_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tokenizer")
-    make_tokenizer(d)
-    return d
+def tok_dir(tiny) -> Path:
+    return tiny.path
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -70,7 +71,10 @@ def test_tampered_file_fails_verify_naming_it(tmp_path, set_dir):
     out = tmp_path / "got"
     unpack(arc, out)
     p = out / "composite.json"
-    p.write_bytes(p.read_bytes().replace(b'"output_tokens": 1', b'"output_tokens": 9', 1))
+    raw = p.read_bytes()
+    tampered = re.sub(rb'"output_tokens": (\d+)', lambda m: b'"output_tokens": ' + str(int(m[1]) + 1).encode(), raw, count=1)
+    assert tampered != raw
+    p.write_bytes(tampered)
     r = run("verify", out)
     assert r.exit_code == 1
     assert "composite.json: FAILED: checksum mismatch" in r.output
