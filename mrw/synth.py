@@ -173,6 +173,20 @@ def prompt_for(
     return ids[: max(call.input_tokens - overhead_tokens, 0)] if overhead_tokens else ids
 
 
+# Used when the replay cannot name the target's tokenizer: ids 16..1023 are ordinary tokens
+# in the Llama, Qwen, SmolLM, GPT-2 and Mistral families (their special tokens sit below 16
+# or far above 1023). Passing the served model's tokenizer is always better.
+FALLBACK_VOCAB = Vocab(1024, frozenset(range(16)))
+
+
+def prompt_token_ids(call: Call, header: Any, tokenizer_or_vocab: Any = None) -> list[int]:
+    """Token ids for a text-free call, block size from the trace header (the replay's seam).
+
+    Without a tokenizer or vocabulary, ids come from FALLBACK_VOCAB (see above)."""
+    bs = getattr(header, "block_size", None) or 16
+    return prompt_for(call, bs, FALLBACK_VOCAB if tokenizer_or_vocab is None else tokenizer_or_vocab)  # type: ignore[return-value]
+
+
 _LAST: list[tuple[Any, Vocab]] = []  # (tokenizer, its Vocab): the replay asks for the same one per call
 
 

@@ -101,3 +101,10 @@ def test_text_exact_with_a_real_model_tokenizer(anon):
     check_text([c for _, c in anon.calls()], tok, 8)
     ids = synth.prompt_for(next(c for _, c in anon.calls()), 8, tok)
     assert not set(ids) & set(tok.all_special_ids)
+
+
+def test_replay_seam_uses_header_block_size(anon, tokenizer):
+    c = next(c for _, c in anon.calls())
+    assert synth.prompt_token_ids(c, anon.header, tokenizer) == synth.prompt_for(c, 8, tokenizer)
+    ids = synth.prompt_token_ids(c, anon.header)
+    assert len(ids) == c.input_tokens and all(16 <= i < 1024 for i in ids)
