@@ -43,7 +43,8 @@ class Azure(Format):
             reader = csv.reader(f)
             head = next(reader, None)
             if head is None or tuple(h.strip() for h in head[:3]) != COLUMNS:
-                raise FormatError(f"{path}: header is {head!r}, expected {','.join(COLUMNS)}; is this an Azure LLM inference trace?")
+                shown = ",".join(head or [])[:60]
+                raise FormatError(f"{path}: first line is {shown!r}, expected {','.join(COLUMNS)}; is this an Azure LLM inference trace?")
             rows = []
             for lineno, row in enumerate(reader, 2):
                 if not row or not "".join(row).strip():

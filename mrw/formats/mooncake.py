@@ -116,7 +116,7 @@ class Mooncake(Format):
         if group == "session":
             notes.insert(0, "dependencies: the turns of one session_id form a chain (as AIPerf replays sessions); requests without session_id are their own workflow")
         else:
-            notes.insert(0, "no dependencies: every request is its own workflow (use group=session for AIPerf session_id chains)")
+            notes.insert(0, "no dependencies: every request is its own workflow (--group session makes AIPerf session_id chains)")
         if untimed:
             notes.append(f"{untimed} requests have no timestamp; they arrive at 0 s")
         if not has_hash:
