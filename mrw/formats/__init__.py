@@ -104,10 +104,14 @@ def issue_time(wf_arrival: float, call: Any) -> float:
 def text_messages(trace: Trace, call: Any, tokenizer: Any | None, block_size: int | None, fmt: str) -> list[dict[str, str]]:
     """Chat messages for a call: its own (refs filled with recorded outputs), or, for a
     text-free call, synthetic text from its hash_ids (mrw.synth) when a tokenizer is given."""
-    if call.messages is not None:
-        return call.render_messages(_outputs(trace))
-    if call.prompt is not None:
-        return [{"role": "user", "content": call.render_prompt(_outputs(trace))}]
+    try:
+        if call.messages is not None:
+            return call.render_messages(_outputs(trace))
+        if call.prompt is not None:
+            return [{"role": "user", "content": call.render_prompt(_outputs(trace))}]
+    except KeyError as e:
+        raise FormatError(f"call {call.id}: splices the output of {e.args[0]!r}, which the trace did not record; "
+                          f"{fmt} needs the text") from None
     if tokenizer is None:
         raise FormatError(
             f"{fmt} needs prompt text and call {call.id} has none (an anonymised or imported trace); "
