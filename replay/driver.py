@@ -29,7 +29,7 @@ from .engines.base import CallResult, Engine, EngineOptions
 from .engines.openai_compat import redact_url
 from .engines.registry import get_engine
 from .metrics_scrape import MetricsScraper
-from .scheduler import EngineDied, ReplayOptions, Scheduler, check_feasible, select_workflows
+from .scheduler import EngineDied, ReplayOptions, Scheduler, check_feasible, select_workflows, synth_tokenizer
 
 
 @dataclass(slots=True)
@@ -164,6 +164,12 @@ async def replay_async(
         fid.notes.extend(notes)
         if not opts.force_output_length:
             fid.output_length_forced = False
+        tok = None
+        if any(not c.has_text for w in workflows for c in w.calls):
+            tok, note = synth_tokenizer(desc.get("model_path"))
+            if note:
+                fid.notes.append(note)
+                notes.append(note)
         files = {"requests": runmod.REQUESTS}
         if engine.log_path() is not None:
             files["engine_log"] = os.path.relpath(engine.log_path(), run_dir)  # type: ignore[arg-type]
@@ -177,7 +183,7 @@ async def replay_async(
             versions=runmod.versions(engine=desc.get("server_version")),
             files=files,
         )
-        sched = Scheduler(trace, workflows, engine, record, opts)
+        sched = Scheduler(trace, workflows, engine, record, opts, tok)
         if on_scheduler is not None:
             on_scheduler(sched, asyncio.current_task())  # type: ignore[arg-type]
         if progress is not None:

@@ -57,14 +57,18 @@ def test_build_request_splices_recorded_text_and_forces_length():
     assert (free.min_tokens, free.ignore_eos, free.sampling.get("stop")) == (None, False, ["\n"])
 
 
-def test_text_free_calls_are_refused_with_the_synth_seam_named():
+def test_text_free_calls_get_synthetic_token_id_prompts():
     t = build_trace()
+    t.header.block_size = 16
     c = t.workflows[0].calls[0]
     c.messages = None
-    c.hash_ids = [1, 2, 3]
-    caps = get_engine("vllm").capabilities
-    with pytest.raises(NotSupportedError, match="mrw.synth"):
-        check_feasible(t, t.workflows, caps, ReplayOptions())
+    c.input_tokens = 40
+    c.hash_ids = [11, 22, 33]
+    notes = check_feasible(t, t.workflows, get_engine("vllm").capabilities, ReplayOptions())
+    assert any("synthetic token-id prompts" in n for n in notes)
+    r = build_request(c, "doc-0", t.recorded_outputs(), t.header, ReplayOptions())
+    assert r.messages is None and isinstance(r.prompt, list) and len(r.prompt) == 40
+    assert all(isinstance(i, int) for i in r.prompt)
     with pytest.raises(NotSupportedError, match="token-id prompts"):
         check_feasible(t, t.workflows, get_engine("openai").capabilities, ReplayOptions())
 
