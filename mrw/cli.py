@@ -234,7 +234,10 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json's content instead of tables.")
 @click.option("--workflows", "show_workflows", is_flag=True, help="Also list every workflow's makespan and critical path.")
 @click.option("--no-write", is_flag=True, help="Do not write summary.json into the run directories.")
-def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_write: bool) -> None:
+@click.option("--plot", is_flag=True, help="Also draw RUN_DIR/timeline.png (and compare.png for several runs; needs mrw[analysis]).")
+@click.option("--plot-out", type=click.Path(path_type=Path), default=Path("compare.png"), show_default=True,
+              help="Where the comparison figure of several runs goes.")
+def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_write: bool, plot: bool, plot_out: Path) -> None:
     """Summarise run directories: throughput, TTFT/TPOT/E2E, makespans, critical paths, energy.
     Several RUN_DIRS are compared side by side."""
     import orjson
@@ -242,6 +245,13 @@ def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_
     from mrw.analysis import summary as sm
 
     sums = [sm.summarize(d, write=not no_write) for d in run_dirs]
+    if plot:
+        from mrw.analysis.plots import plot_compare, plot_run
+
+        for d in run_dirs:
+            console.print(f"figure: {plot_run(d)}", highlight=False)
+        if len(run_dirs) > 1:
+            console.print(f"figure: {plot_compare(list(run_dirs), plot_out)}", highlight=False)
     if as_json:
         doc = sums[0] if len(sums) == 1 else {"runs": sums}
         click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())

@@ -249,3 +249,17 @@ def test_openai_engine_needs_a_url(tmp_path):
     p = subprocess.run([sys.executable, "-m", "mrw", "replay", str(tmp_path / "t.json"), "--engine", "openai", "-o", str(tmp_path / "r")],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "--engine openai needs --url" in p.stderr and not (tmp_path / "r").exists()
+
+
+def test_plots_of_one_run_and_a_comparison(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mrw.analysis.plots import plot_compare, plot_run
+
+    a = _run_dir(tmp_path / "a", "vllm", 1.0)
+    b = _run_dir(tmp_path / "b", "parrot", 2.0)
+    (a / "metrics.jsonl").write_bytes(b'{"t": 0.0, "num_requests_running": 1.0, "kv_cache_usage_perc": 0.1}\n'
+                                      b'{"t": 0.5, "num_requests_running": 0.0, "kv_cache_usage_perc": 0.0}\n')
+    p = plot_run(a)
+    assert p == a / "timeline.png" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    c = plot_compare([a, b], tmp_path / "cmp.png")
+    assert c.read_bytes()[:4] == b"\x89PNG"
