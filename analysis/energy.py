@@ -738,3 +738,75 @@ def _dist(xs: list[float]) -> dict[str, float] | None:
     s = sorted(xs)
     n = len(s)
     return {"count": n, "sum": sum(s), "mean": sum(s) / n, "p50": s[n // 2], "p90": s[min(n - 1, math.ceil(0.9 * n) - 1)], "max": s[-1]}
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def _j(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x / 1000:,.2f} kJ" if abs(x) >= 10_000 else f"{x:,.1f} J"
+
+
+def _w(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.1f} W"
+
+
+def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) lines a person reads first: sources, baseline, run, steady, cross-check."""
+    out: list[tuple[str, str]] = [("status", str(doc.get("status")))]
+    for name, s in (doc.get("sources") or {}).items():
+        out.append((f"source {name}", "measured" if s.get("available") else f"unavailable: {s.get('reason')}"))
+    gpus = (doc.get("devices") or {}).get("nvml", {}).get("gpus") or []
+    for g in gpus:
+        pl = g.get("power_limit_w") or {}
+        out.append((f"gpu {g['index']}", f"{g['name']} (limit {_w(pl.get('enforced') or pl.get('current'))}, "
+                                          f"range {_w(pl.get('min'))}..{_w(pl.get('max'))})"))
+    for g in (doc.get("knobs") or {}).get("gpus") or []:
+        if g.get("cap_requested_w") is not None:
+            out.append((f"cap gpu {g['index']}", f"asked {_w(g['cap_requested_w'])}, effective {_w(g.get('cap_effective_w'))}, "
+                                                 f"enforced {_w(g.get('cap_enforced_w'))}, restored {g.get('restored')}"))
+        if g.get("clocks_requested_mhz"):
+            out.append((f"clocks gpu {g['index']}", f"locked {g['clocks_requested_mhz']} MHz, restored {g.get('restored')}"))
+    win = doc.get("windows") or {}
+    base = win.get("baseline")
+    if base:
+        out.append(("idle baseline", f"{base.get('duration_s', 0):.1f} s: " +
+                    (", ".join(f"{k} {_w(v)}" for k, v in (base.get("avg_power_w") or {}).items()) or "no energy source")))
+    for wname in ("run", "steady"):
+        w = win.get(wname)
+        if not w:
+            continue
+        if w.get("available") is False:
+            out.append((f"{wname} window", f"none: {w.get('reason')}"))
+            continue
+        head = f"{w.get('duration_s', 0):.2f} s, {w.get('input_tokens', 0):,.0f} in / {w.get('output_tokens', 0):,.0f} out tokens"
+        if wname == "steady":
+            head += f", batch {w.get('full_batch')} ({w.get('basis')}, full {100 * w.get('full_fraction', 0):.0f}% of it)"
+        out.append((f"{wname} window", head))
+        for dom, d in (w.get("domains") or {}).items():
+            jt = d.get("j_per_output_token")
+            out.append((f"  {dom}", f"{_j(d['gross_j'])} gross, {_j(d.get('net_j'))} net, {_w(d.get('avg_power_w'))} avg"
+                                    + (f", {jt:.4g} J/output token" if jt is not None else "")))
+        if not w.get("domains"):
+            out.append(("  energy", "not measured (no GPU/CPU energy source available)"))
+        ct = w.get("cpu_time")
+        if ct:
+            eng = ct.get("engine_cpu_s")
+            out.append(("  cpu time", f"harness {ct.get('harness_cpu_s') or 0:.2f} s ({100 * ct['harness_share']:.1f}% of busy), "
+                                      + (f"engine {eng:.2f} s ({100 * ct['engine_share']:.1f}%), " if eng is not None else "engine not known, ")
+                                      + f"machine busy {ct['system_busy_cpu_s']:.2f} s"))
+    for dev, d in (doc.get("cross_check") or {}).items():
+        parts = [f"counter {_j(d.get('counter_j'))}"]
+        for k in ("power_instant", "power_usage", "power_average"):
+            if k in d and "rel_diff" in d[k]:
+                parts.append(f"{k} {100 * d[k]['rel_diff']:+.2f}%")
+        out.append((f"cross-check gpu {dev}", ", ".join(parts)))
+    att = (doc.get("attribution") or {}).get("domains") or {}
+    for dom, a in att.items():
+        out.append((f"attributed {dom}", f"{_j(a['attributed_j'])} to requests (prefill {_j(a['prefill_j'])}, decode "
+                                         f"{_j(a['decode_j'])}), {_j(a['unattributed_j'])} with nothing in flight"))
+    for n in doc.get("notes") or []:
+        out.append(("note", n))
+    return out

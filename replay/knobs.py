@@ -454,3 +454,22 @@ def apply_knobs(
             f"GPU {g.index} ({g.name}) could not be put back ({'; '.join(g.restore_errors) or 'limit reads back wrong'}): "
             f"run `mrw restore-knobs` as root, or sudo nvidia-smi -i {g.index} -pl {g.limit_original_w:g} / -rgc"
         )
+
+
+@contextlib.contextmanager
+def signals_as_exceptions() -> Iterator[None]:
+    """SIGTERM/SIGHUP raise Terminated for the body (main thread only), so that every
+    `finally` on the way out runs: meters write their files, engines are stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(signum)
+
+    prev = {s: signal.signal(s, handler) for s in _GUARDED_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in prev.items():
+            signal.signal(s, h)

@@ -235,6 +235,8 @@ class MeterSet:
             self.status = "complete"
         elif isinstance(exc, KeyboardInterrupt):
             self.status = "interrupted"
+        elif isinstance(exc, SystemExit):
+            self.status = f"interrupted ({exc})" if str(exc) else "interrupted"
         else:
             self.status = f"failed: {type(exc).__name__}: {exc}".strip()
         if self._file is not None:
@@ -298,7 +300,9 @@ class MeterSet:
     def delta(self, a: str, b: str) -> dict[str, float]:
         """Counter differences between two marks, per channel."""
         ma, mb = self.marks[a], self.marks[b]
-        return {k: mb.counters[k] - ma.counters[k] for k in mb.counters if k in ma.counters}
+        # A channel that appeared between the marks (the engine's CPU time once its pid is known)
+        # counts from zero: every counter starts at 0 when its meter begins tracking it.
+        return {k: mb.counters[k] - ma.counters.get(k, 0.0) for k in mb.counters}
 
     def by_domain(self, d: dict[str, float]) -> dict[str, float]:
         out: dict[str, float] = {}
