@@ -810,3 +810,84 @@ def summary_lines(doc: dict[str, Any]) -> list[tuple[str, str]]:
     for n in doc.get("notes") or []:
         out.append(("note", n))
     return out
+
+
+# ---------------------------------------------------------------------------------- figure
+
+
+def plot_power(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
+    """Power timeline figure: GPU power (instant and NVML's 1 s average) per GPU with the cap,
+    CPU/DRAM power, SM clock, and requests in flight, with the baseline and steady windows
+    shaded. Returns the PNG path, or None when the run has no timeline. Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rd = Path(run_dir)
+    doc = orjson.loads((rd / "energy.json").read_bytes())
+    tl = Timeline.load(rd / (doc.get("timeline_file") or "power.csv"))
+    if not tl.series:
+        return None
+    reqs = [Req.from_record(d) for d in _read_jsonl(rd / "requests.jsonl")]
+    gpus = tl.devices("gpu")
+    panels = 1 + bool(gpus) + bool(reqs)
+    fig, axes = plt.subplots(panels, 1, figsize=(11, 2.6 * panels + 0.6), sharex=True, squeeze=False)
+    axes = [a[0] for a in axes]
+    ax = axes[0]
+    for dev in gpus:
+        for col, style, lab in (("power_instant_w", "-", "instant"), ("power_w", "--", "1 s avg (PowerUsage)")):
+            t, p = tl.column("gpu", dev, col)
+            pts = [(a, b) for a, b in zip(t, p) if a is not None and b is not None]
+            if pts:
+                ax.plot([q[0] for q in pts], [q[1] for q in pts], style, lw=1, label=f"GPU {dev} {lab}")
+    for dom in ("cpu", "dram"):
+        for dev in tl.devices(dom):
+            t, p = tl.column(dom, dev, "power_w")
+            pts = [(a, b) for a, b in zip(t, p) if a is not None and b is not None]
+            if pts:
+                ax.plot([q[0] for q in pts], [q[1] for q in pts], ":", lw=1, label=f"{dom} {dev}")
+    cap = ((doc.get("knobs") or {}).get("cap_w_requested"))
+    if cap:
+        ax.axhline(cap, color="red", lw=0.8, ls="-.", label=f"cap {cap:g} W")
+    ax.set_ylabel("power (W)")
+    win = doc.get("windows") or {}
+    for a in axes:
+        if (b := win.get("baseline")) and b.get("start_s") is not None:
+            a.axvspan(b["start_s"], 0, color="grey", alpha=0.12, lw=0)
+        if (s := win.get("steady")) and s.get("available"):
+            a.axvspan(s["start_s"], s["end_s"], color="tab:green", alpha=0.08, lw=0)
+    k = 1
+    if gpus:
+        axc = axes[k]
+        k += 1
+        for dev in gpus:
+            t, c = tl.column("gpu", dev, "sm_clock_mhz")
+            pts = [(a, b) for a, b in zip(t, c) if a is not None and b is not None]
+            if pts:
+                axc.plot([q[0] for q in pts], [q[1] for q in pts], lw=1, label=f"GPU {dev} SM clock")
+            t, ev = tl.column("gpu", dev, "clock_events")
+            capped = [a for a, b in zip(t, ev) if a is not None and b is not None and int(b) & 0x4]
+            if capped:
+                axc.plot(capped, [0] * len(capped), "|", color="red", ms=8, label=f"GPU {dev} power-capped")
+        axc.set_ylabel("SM clock (MHz)")
+        axc.legend(loc="upper right", fontsize=7)
+    if reqs:
+        axr = axes[k]
+        st = inflight_steps(reqs)
+        if st:
+            axr.step([s[0] for s in st], [s[1] for s in st], where="post", lw=1, label="requests in flight (client)")
+        ms = _metrics_steps(rd, 0.0)
+        if ms:
+            axr.step([s[0] for s in ms], [s[1] for s in ms], where="post", lw=1, label="vLLM num_requests_running")
+        axr.set_ylabel("requests")
+        axr.legend(loc="upper right", fontsize=7)
+    axes[-1].set_xlabel("seconds since run start (grey: idle baseline, green: steady state)")
+    ax.legend(loc="upper right", fontsize=7, ncol=2)
+    gpu_names = {g.get("name") for g in (doc.get("devices") or {}).get("nvml", {}).get("gpus", [])}
+    fig.suptitle(f"{rd.name}: power timeline" + (f" ({', '.join(sorted(n for n in gpu_names if n))})" if gpu_names else ""), fontsize=10)
+    fig.tight_layout()
+    path = Path(out) if out else rd / "power.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

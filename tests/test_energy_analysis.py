@@ -234,3 +234,20 @@ def test_finalize_on_a_constructed_run_dir(tmp_path):
     assert len(lines) == 2 and orjson.loads(lines[0])["gpu_prefill_j"] is not None
     again = orjson.loads((tmp_path / "energy.json").read_bytes())
     assert again["windows"] == orjson.loads(orjson.dumps(doc["windows"]))
+
+
+def test_plot_power_draws_a_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mrw.analysis.energy import plot_power
+
+    rows = ["t_s,source,device,energy_j,power_w,power_instant_w,sm_clock_mhz,clock_events"]
+    for k in range(-20, 100):
+        t = k * 0.05
+        rows.append(f"{t:.2f},gpu,0,{max(t, 0) * 300:.3f},{280 if t > 1 else 90},{300 if t > 0 else 90},1980,{4 if t > 2 else 0}")
+    (tmp_path / "power.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "energy.json").write_bytes(orjson.dumps({"timeline_file": "power.csv", "knobs": {"cap_w_requested": 300},
+                                                          "windows": {"baseline": {"start_s": -1.0}}}))
+    (tmp_path / "requests.jsonl").write_bytes(orjson.dumps({"call_id": "a", "workflow_id": "w", "node": "n",
+                                                            "t_issue": 0.1, "t_end": 4.0}) + b"\n")
+    p = plot_power(tmp_path)
+    assert p is not None and p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG"

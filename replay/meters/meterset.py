@@ -118,6 +118,7 @@ class MeterSet:
         self._errors: list[str] = []
         self._channel_domain: dict[str, tuple[str, str]] = {}
         self._started_at: str | None = None
+        self._describe: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ construction
 
@@ -172,6 +173,10 @@ class MeterSet:
                 self.availability[m.name] = Availability(m.name, False, str(e), {"kind": kind})
                 continue
             self.meters.append(m)
+            try:
+                self._describe[m.name] = m.describe()  # while the library is open: limits in force for the run
+            except Exception as e:
+                self._describe[m.name] = {"error": str(e)}
             chans = m.channels()
             for c in chans:
                 self._channel_domain[c.name] = (c.domain, c.unit)
@@ -214,6 +219,7 @@ class MeterSet:
         for m in self.meters:
             if hasattr(m, "set_engine_pid"):
                 m.set_engine_pid(pid)  # type: ignore[attr-defined]
+                self._describe[m.name] = m.describe()
 
     def stop(self, exc: BaseException | None = None) -> None:
         """Mark the end, stop sampling, close meters and write energy.json. Idempotent."""
@@ -361,7 +367,7 @@ class MeterSet:
             "sampling": {"period_s": self.period_s, **self.sampler_stats()},
             "timeline_file": TIMELINE_FILE if self.run_dir is not None else None,
             "sources": {k: v.to_dict() for k, v in self.availability.items()},
-            "devices": {m.name: m.describe() for m in self.meters},
+            "devices": self._describe,
             "channels": {k: {"domain": d_, "unit": u} for k, (d_, u) in self._channel_domain.items()},
             "marks": {k: {"t_s": m.t - t0, "counters": m.counters} for k, m in self.marks.items()},
             "notes": [n for m in self.meters for n in m.notes()] + self._errors,
