@@ -76,8 +76,8 @@ class Counter:
 
 def integrate(t: Sequence[float], p: Sequence[float | None], a: float, b: float) -> float | None:
     """Trapezoid integral of samples p(t) over [a, b] (interpolating at the edges); None if the
-    samples do not cover [a, b] or a value inside is missing."""
-    pts = [(ti, pi) for ti, pi in zip(t, p) if pi is not None]
+    samples do not cover [a, b]. Missing values (None) are skipped."""
+    pts = [(ti, pi) for ti, pi in zip(t, p) if pi is not None and ti is not None]
     if len(pts) < 2 or a < pts[0][0] - 1e-9 or b > pts[-1][0] + 1e-9 or b < a:
         return None
     ts = [q[0] for q in pts]
@@ -88,9 +88,11 @@ def integrate(t: Sequence[float], p: Sequence[float | None], a: float, b: float)
         t0, t1 = ts[i - 1], ts[i]
         return ps[i - 1] if t1 == t0 else ps[i - 1] + (ps[i] - ps[i - 1]) * (x - t0) / (t1 - t0)
 
-    xs = [a] + [x for x in ts if a < x < b] + [b]
-    ys = [val(x) for x in xs]
-    return sum((xs[k + 1] - xs[k]) * (ys[k] + ys[k + 1]) / 2 for k in range(len(xs) - 1))
+    i = bisect.bisect_right(ts, a)  # first sample strictly inside (a, ...)
+    j = bisect.bisect_left(ts, b)  # first sample at or after b
+    xs = [a] + ts[i:j] + [b]
+    ys = [val(a)] + ps[i:j] + [val(b)]
+    return sum((xs[k + 1] - xs[k]) * (ys[k] + ys[k + 1]) for k in range(len(xs) - 1)) / 2
 
 
 @dataclass
@@ -116,12 +118,35 @@ class Timeline:
         return tl
 
     @classmethod
-    def load(cls, path: str | Path) -> "Timeline":
+    def load(cls, path: str | Path, columns: Iterable[str] | None = None) -> "Timeline":
+        """Read power.csv column-wise (fast path for long runs: no per-row dicts); `columns`
+        limits which value columns are parsed (t_s always is)."""
         p = Path(path)
+        tl = cls()
         if not p.exists():
-            return cls()
+            return tl
         with open(p, newline="") as f:
-            return cls.from_rows(csv.DictReader(f))
+            rd = csv.reader(f)
+            header = next(rd, None)
+            if not header:
+                return tl
+            i_src, i_dev = header.index("source"), header.index("device")
+            want = None if columns is None else {"t_s", *columns}
+            cols = [(i, name) for i, name in enumerate(header)
+                    if name not in ("source", "device") and (want is None or name in want)]
+            raw: dict[tuple[str, str], list[list[str]]] = {}
+            for row in rd:
+                if len(row) < len(header):
+                    continue  # a torn last line
+                raw.setdefault((row[i_src], row[i_dev]), []).append(row)
+        for key, rows in raw.items():
+            s: dict[str, list[float | None]] = {}
+            for i, name in cols:
+                vals = [r[i] for r in rows]
+                if any(vals):
+                    s[name] = [float(v) if v else None for v in vals]
+            tl.series[key] = s
+        return tl
 
     def devices(self, source: str) -> list[str]:
         return sorted((d for s, d in self.series if s == source), key=lambda d: (len(d), d))
@@ -633,7 +658,8 @@ def finalize(run_dir: str | Path, *, weight: str = "tokens", prefill_weight: flo
     if isinstance(t0r, (int, float)) and isinstance(t0m, (int, float)):
         shift = t0r - t0m
     reqs = [Req.from_record(d, shift) for d in _read_jsonl(rd / "requests.jsonl")]
-    tl = Timeline.load(rd / doc.get("timeline_file", "power.csv")) if doc.get("timeline_file") else Timeline()
+    tl = (Timeline.load(rd / doc["timeline_file"], columns=("energy_j", "power_w", "power_instant_w", "power_avg_w"))
+          if doc.get("timeline_file") else Timeline())
     notes: list[str] = []
 
     base = doc.get("baseline") or {}
