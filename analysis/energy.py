@@ -654,7 +654,7 @@ def finalize(run_dir: str | Path, *, weight: str = "tokens", prefill_weight: flo
             run_meta = {}
     # align request times with the meters' clock when the replay used another origin
     shift = 0.0
-    t0r, t0m = run_meta.get("t0_monotonic"), doc.get("t0_monotonic")
+    t0r, t0m = (run_meta.get("clock") or {}).get("t0_perf_counter"), doc.get("t0_perf_counter")
     if isinstance(t0r, (int, float)) and isinstance(t0m, (int, float)):
         shift = t0r - t0m
     reqs = [Req.from_record(d, shift) for d in _read_jsonl(rd / "requests.jsonl")]

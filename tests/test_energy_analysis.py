@@ -204,7 +204,7 @@ def test_finalize_on_a_constructed_run_dir(tmp_path):
     hdr = "t_s,source,device,energy_j,power_w,power_avg_w,power_instant_w,sm_clock_mhz,mem_clock_mhz,temp_c,util_gpu_pct,util_mem_pct,mem_used_mib,clock_events,cpu_s"
     (tmp_path / "power.csv").write_text(hdr + "\n" + "\n".join(rows) + "\n")
     energy = {
-        "format": "mrw-energy", "version": 1, "status": "complete", "timeline_file": "power.csv", "t0_monotonic": 100.0,
+        "format": "mrw-energy", "version": 1, "status": "complete", "timeline_file": "power.csv", "t0_perf_counter": 100.0,
         "baseline": {"start_s": -2.0, "duration_s": 2.0, "energy_j": {"gpu": 200.0}, "avg_power_w": {"gpu": 100.0}},
         "run": {"start_s": 0.0, "duration_s": 10.0, "energy_j": {"gpu": 4000.0}, "avg_power_w": {"gpu": 400.0},
                 "cpu_s": {"harness_cpu": 1.0, "system_cpu": 10.0, "engine_cpu": 6.0}},
@@ -216,6 +216,12 @@ def test_finalize_on_a_constructed_run_dir(tmp_path):
         {"call_id": "b", "workflow_id": "w1", "node": "act", "ok": True, "t_issue": 2.0, "t_first_token": 3.0,
          "t_end": 8.0, "input_tokens": 100, "output_tokens": 101},
     ]
+    (tmp_path / "requests.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in reqs) + b'{"torn')
+    # the replay's clock started 0.5 s after the meters': its request times are 0.5 s behind
+    (tmp_path / "run.json").write_bytes(orjson.dumps({"clock": {"t0_perf_counter": 100.5}}))
+    for r in reqs:
+        for k in ("t_issue", "t_first_token", "t_end"):
+            r[k] -= 0.5
     (tmp_path / "requests.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in reqs) + b'{"torn')
     doc = finalize(tmp_path)
     run = doc["windows"]["run"]

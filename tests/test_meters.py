@@ -295,9 +295,9 @@ def _timeline(run_dir: Path) -> list[dict[str, str]]:
 def test_meterset_with_fake_gpus_and_rapl(tmp_path):
     from mrw.analysis.energy import finalize
 
-    t_start = time.monotonic()
+    t_start = time.perf_counter()
     e0 = sine_energy(300, 200, 0.8, t0=t_start)
-    nv = FakeNvml([FakeGpu("GPU-a", energy_j=e0), FakeGpu("GPU-b", energy_j=lambda t: 100.0 * t)])
+    nv = FakeNvml([FakeGpu("GPU-a", energy_j=e0), FakeGpu("GPU-b", energy_j=lambda t: 100.0 * t)], clock=time.perf_counter)
     rapl_root = tmp_path / "powercap"
     zone(rapl_root, "intel-rapl:0", "package-0", 0)
     run = tmp_path / "run"

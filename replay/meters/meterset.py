@@ -1,7 +1,7 @@
 """Several meters run together around a run: idle baseline, background timeline, marks.
 
     with MeterSet.for_run(run_dir, meters="nvml,rapl,process", baseline_s=5, engine_pid=pid) as m:
-        t0 = m.t0            # time.monotonic() of the run's origin: use it for request times
+        t0 = m.t0            # time.perf_counter() of the run's origin (the replay's clock)
         ... replay ...
     # run_dir/energy.json and run_dir/power.csv are on disk, also after an exception.
 
@@ -65,7 +65,7 @@ def parse_meter_spec(spec: str | Iterable[str] | None) -> list[str]:
 @dataclass(slots=True)
 class Mark:
     label: str
-    t: float  # time.monotonic()
+    t: float  # the MeterSet's clock (time.perf_counter)
     counters: dict[str, float] = field(default_factory=dict)
 
 
@@ -87,7 +87,7 @@ class MeterSet:
         *,
         period_s: float = 0.05,
         baseline_s: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.perf_counter,
         requested: list[str] | None = None,
     ):
         if not 0.005 <= period_s <= 10:
@@ -103,7 +103,7 @@ class MeterSet:
         self.requested = requested if requested is not None else [m.name for m in meters]
         self.availability: dict[str, Availability] = {}
         self.marks: dict[str, Mark] = {}
-        self.t0: float | None = None  # monotonic origin of the run; set when the run starts
+        self.t0: float | None = None  # clock() at the run's start; set when the baseline ends
         self.t0_unix: float | None = None
         self.status = "running"
         self.extra: dict[str, Any] = {}  # callers may add sections to energy.json (e.g. knobs)
@@ -360,8 +360,8 @@ class MeterSet:
             "version": ENERGY_VERSION,
             "status": self.status,
             "started_at": self._started_at,
-            "clock": "seconds since the run's start (time.monotonic); the baseline is at negative times",
-            "t0_monotonic": self.t0,
+            "clock": "seconds since the run's start (time.perf_counter, as the replay's clock); the baseline is at negative times",
+            "t0_perf_counter": self.t0,
             "t0_unix": self.t0_unix,
             "meters_requested": self.requested,
             "sampling": {"period_s": self.period_s, **self.sampler_stats()},

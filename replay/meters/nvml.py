@@ -207,7 +207,7 @@ class NvmlMeter(Meter):
             "fields": lambda: self._read_fields(h),
             "sm_clock": lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
             "mem_clock": lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
-            "temp": lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
+            "temp": lambda: self._temp(h),
             "util": lambda: nv.nvmlDeviceGetUtilizationRates(h),
             "mem": lambda: nv.nvmlDeviceGetMemoryInfo(h),
             "clock_events": lambda: nv.nvmlDeviceGetCurrentClocksEventReasons(h),
@@ -260,7 +260,7 @@ class NvmlMeter(Meter):
                 if self._has["mem_clock"]:
                     row["mem_clock_mhz"] = nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM)
                 if self._has["temp"]:
-                    row["temp_c"] = nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)
+                    row["temp_c"] = self._temp(h)
                 if self._has["util"]:
                     u = nv.nvmlDeviceGetUtilizationRates(h)
                     row["util_gpu_pct"], row["util_mem_pct"] = u.gpu, u.memory
@@ -272,6 +272,14 @@ class NvmlMeter(Meter):
                 self._note_once(f"NVML: a timeline reading failed on GPU {g.cuda_index} ({e})")
             rows.append(row)
         return rows
+
+    def _temp(self, h: Any) -> int:
+        """nvmlDeviceGetTemperature is deprecated in newer NVML; fall back to the V form."""
+        nv = self.nvml
+        try:
+            return nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)
+        except (nv.NVMLError, AttributeError):
+            return nv.nvmlDeviceGetTemperatureV(h, nv.NVML_TEMPERATURE_GPU)
 
     def _note_once(self, msg: str) -> None:
         if msg not in self._notes:
