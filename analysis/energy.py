@@ -710,6 +710,7 @@ def finalize(run_dir: str | Path, *, weight: str = "tokens", prefill_weight: flo
     attribution: dict[str, Any] = {"weight": weight, "prefill_weight": prefill_weight, "domains": {}}
     per_req: dict[str, dict[str, Any]] = {r.id: {"call_id": r.id, "workflow_id": r.workflow, "node": r.node,
                                                   "input_tokens": r.n_in, "output_tokens": r.n_out} for r in reqs}
+    per_wf: dict[str, dict[str, Any]] = {}
     for dom in ENERGY_DOMAINS:
         c = tl.domain_counter(dom)
         if c is None or len(c.t) < 2 or not reqs:
@@ -721,6 +722,11 @@ def finalize(run_dir: str | Path, *, weight: str = "tokens", prefill_weight: flo
             per_req[rid][f"{dom}_net_j"] = e["net"]
             per_req[rid][f"{dom}_prefill_j"] = e["prefill"] if e["unknown"] == 0 else None
             per_req[rid][f"{dom}_decode_j"] = e["decode"] if e["unknown"] == 0 else None
+        wf = group(at, reqs, "workflow")
+        for k, v in wf.items():
+            d = per_wf.setdefault(k, {"requests": v["requests"], "input_tokens": v["input_tokens"], "output_tokens": v["output_tokens"]})
+            d.update({f"{dom}_j": v["gross_j"], f"{dom}_net_j": v["net_j"], f"{dom}_prefill_j": v["prefill_j"],
+                      f"{dom}_decode_j": v["decode_j"], f"{dom}_j_per_output_token": v["j_per_output_token"]})
         attribution["domains"][dom] = {
             "total_j": at.total_j, "attributed_j": at.attributed_j, "unattributed_j": at.unattributed_j,
             "total_net_j": at.total_net_j, "unattributed_net_j": at.unattributed_net_j,
@@ -728,7 +734,7 @@ def finalize(run_dir: str | Path, *, weight: str = "tokens", prefill_weight: flo
             "decode_j": sum(e["decode"] for e in at.per_request.values()),
             "phase_unknown_j": sum(e["unknown"] for e in at.per_request.values()),
             "per_stage": group(at, reqs, "node"),
-            "per_workflow_summary": _dist([d["gross_j"] for d in group(at, reqs, "workflow").values()]),
+            "per_workflow_summary": _dist([d["gross_j"] for d in wf.values()]),
             "per_request_summary": _dist([e["gross"] for e in at.per_request.values()]),
             "notes": at.notes,
         }
@@ -755,6 +761,8 @@ def finalize(run_dir: str | Path, *, weight: str = "tokens", prefill_weight: flo
         write_atomic(rd / "energy.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2))
         if reqs:
             write_atomic(rd / "energy_requests.jsonl", b"".join(orjson.dumps(v) + b"\n" for v in per_req.values()))
+        if per_wf:
+            write_atomic(rd / "energy_workflows.jsonl", b"".join(orjson.dumps({"workflow_id": k, **v}) + b"\n" for k, v in per_wf.items()))
     return doc
 
 

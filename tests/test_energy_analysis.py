@@ -257,3 +257,17 @@ def test_plot_power_draws_a_figure(tmp_path):
                                                             "t_issue": 0.1, "t_end": 4.0}) + b"\n")
     p = plot_power(tmp_path)
     assert p is not None and p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_finalize_writes_per_workflow_file(tmp_path):
+    rows = ["t_s,source,device,energy_j"] + [f"{k * 0.1:.1f},gpu,0,{k * 0.1 * 200:.3f}" for k in range(0, 51)]
+    (tmp_path / "power.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "energy.json").write_bytes(orjson.dumps({"timeline_file": "power.csv", "run": {"duration_s": 5.0, "energy_j": {"gpu": 1000.0}}}))
+    reqs = [{"call_id": f"c{i}", "workflow_id": f"w{i % 2}", "node": "n", "t_issue": float(i), "t_end": i + 1.0,
+             "input_tokens": 10, "output_tokens": 10} for i in range(4)]
+    (tmp_path / "requests.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in reqs))
+    doc = finalize(tmp_path)
+    wf = {d["workflow_id"]: d for d in map(orjson.loads, (tmp_path / "energy_workflows.jsonl").read_bytes().splitlines())}
+    assert wf["w0"]["gpu_j"] == pytest.approx(400.0) and wf["w1"]["requests"] == 2
+    assert doc["windows"]["run"]["domains"]["gpu"]["net_j"] is None  # no baseline: no net
+    assert "no idle baseline" in doc["analysis_notes"][0]
