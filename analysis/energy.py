@@ -752,6 +752,7 @@ def finalize(run_dir: str | Path, *, weight: str = "tokens", prefill_weight: flo
         if "cpu" in (run.get("energy_j") or {}):
             shares["harness_cpu_energy_j_by_time_share"] = shares["harness_share"] * run["energy_j"]["cpu"]
         windows["run"]["cpu_time"] = shares
+    doc["summary"] = headline(windows, xc, attribution)
     doc["method"] = METHOD
     doc["windows"] = windows
     doc["cross_check"] = xc
@@ -764,6 +765,38 @@ def finalize(run_dir: str | Path, *, weight: str = "tokens", prefill_weight: flo
         if per_wf:
             write_atomic(rd / "energy_workflows.jsonl", b"".join(orjson.dumps({"workflow_id": k, **v}) + b"\n" for k, v in per_wf.items()))
     return doc
+
+
+def headline(windows: dict[str, Any], xc: dict[str, Any], attribution: dict[str, Any]) -> dict[str, Any]:
+    """Scalar figures for tables (`mrw analyze`): energy, power and J/token of the run and the
+    steady window per measured domain, the idle baseline, and the worst counter/timeline gap."""
+    h: dict[str, Any] = {}
+    run = windows.get("run") or {}
+    for dom, d in (run.get("domains") or {}).items():
+        h[f"{dom}_energy_j"] = d["gross_j"]
+        h[f"{dom}_net_energy_j"] = d.get("net_j")
+        h[f"{dom}_avg_power_w"] = d.get("avg_power_w")
+        h[f"{dom}_j_per_output_token"] = d.get("j_per_output_token")
+        h[f"{dom}_j_per_token"] = d.get("j_per_token")
+    if "all" in run:
+        h["energy_j"] = run["all"]["gross_j"]
+        h["j_per_output_token"] = run["all"].get("j_per_output_token")
+    for dom, w in ((windows.get("baseline") or {}).get("avg_power_w") or {}).items():
+        h[f"idle_{dom}_power_w"] = w
+    st = windows.get("steady") or {}
+    if st.get("available"):
+        h["steady_s"] = st["end_s"] - st["start_s"]
+        for dom, d in (st.get("domains") or {}).items():
+            h[f"steady_{dom}_avg_power_w"] = d.get("avg_power_w")
+            h[f"steady_{dom}_j_per_output_token"] = d.get("j_per_output_token")
+    gaps = [abs(d[k]["rel_diff"]) for d in xc.values() for k in ("power_instant",) if k in d and "rel_diff" in d[k]]
+    if gaps:
+        h["counter_vs_instant_power_max_rel_diff"] = max(gaps)
+    g = (attribution.get("domains") or {}).get("gpu")
+    if g:
+        h["gpu_prefill_j"] = g["prefill_j"]
+        h["gpu_decode_j"] = g["decode_j"]
+    return {k: v for k, v in h.items() if v is not None}
 
 
 def _dist(xs: list[float]) -> dict[str, float] | None:

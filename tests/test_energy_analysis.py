@@ -236,6 +236,8 @@ def test_finalize_on_a_constructed_run_dir(tmp_path):
     assert att["unattributed_j"] == pytest.approx(400 * 2)  # [8, 10]
     assert att["per_stage"]["plan"]["gross_j"] + att["per_stage"]["act"]["gross_j"] == pytest.approx(3200.0)
     assert run["cpu_time"]["harness_share"] == pytest.approx(0.1)
+    assert doc["summary"]["gpu_energy_j"] == 4000.0 and doc["summary"]["idle_gpu_power_w"] == 100.0
+    assert doc["summary"]["steady_gpu_avg_power_w"] == pytest.approx(400.0)
     lines = (tmp_path / "energy_requests.jsonl").read_bytes().splitlines()
     assert len(lines) == 2 and orjson.loads(lines[0])["gpu_prefill_j"] is not None
     again = orjson.loads((tmp_path / "energy.json").read_bytes())
