@@ -30,7 +30,7 @@ import contextlib
 import os
 import signal
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -107,9 +107,9 @@ class GpuKnobs:
     handle: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("handle")
-        return d
+        # Not asdict(): it deep-copies every field, and a real NVML handle is a ctypes
+        # pointer that cannot be copied (seen on an H100; the fake handle in tests could).
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "handle"}
 
 
 class AppliedKnobs:
