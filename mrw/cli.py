@@ -218,6 +218,9 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
     tc = res.token_check
     line = f"{res.status}: {res.finished_ok}/{res.total} calls ok, {res.failed} failed, {res.wall_s:.1f} s -> {res.run_dir}"
     console.print(line, highlight=False, soft_wrap=True)
+    if res.status == "completed" and res.failed:
+        console.print(f"warning: {res.failed} call(s) failed or were skipped; see `mrw analyze {res.run_dir}` and requests.jsonl",
+                      style="yellow", highlight=False, soft_wrap=True)
     if tc.get("output_mismatch"):
         ex = ", ".join(f"{e['call_id']} {e['got']}/{e['expected']}" for e in tc["output_examples"][:3])
         console.print(f"warning: {tc['output_mismatch']} response(s) with an output token count other than recorded (e.g. {ex})",
