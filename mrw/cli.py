@@ -141,12 +141,6 @@ def info(file: Path, as_json: bool, show_workflows: bool) -> None:
 # ---------------------------------------------------------------------------- replay / analyze
 
 
-def _engine_names() -> list[str]:
-    from mrw.replay.engines.registry import names
-
-    return names()
-
-
 @cli.command()
 @click.argument("trace", type=click.Path(path_type=Path))
 @click.option("--engine", "-e", default="vllm", show_default=True, help="Engine adapter: vllm, openai, parrot, ...")
