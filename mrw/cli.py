@@ -141,12 +141,6 @@ def info(file: Path, as_json: bool, show_workflows: bool) -> None:
 # ---------------------------------------------------------------------------- replay / analyze
 
 
-def _engine_names() -> list[str]:
-    from mrw.replay.engines.registry import names
-
-    return names()
-
-
 @cli.command()
 @click.argument("trace", type=click.Path(path_type=Path))
 @click.option("--engine", "-e", default="vllm", show_default=True, help="Engine adapter: vllm, openai, parrot, ...")
@@ -218,6 +212,9 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
     tc = res.token_check
     line = f"{res.status}: {res.finished_ok}/{res.total} calls ok, {res.failed} failed, {res.wall_s:.1f} s -> {res.run_dir}"
     console.print(line, highlight=False, soft_wrap=True)
+    if res.status == "completed" and res.failed:
+        console.print(f"warning: {res.failed} call(s) failed or were skipped; see `mrw analyze {res.run_dir}` and requests.jsonl",
+                      style="yellow", highlight=False, soft_wrap=True)
     if tc.get("output_mismatch"):
         ex = ", ".join(f"{e['call_id']} {e['got']}/{e['expected']}" for e in tc["output_examples"][:3])
         console.print(f"warning: {tc['output_mismatch']} response(s) with an output token count other than recorded (e.g. {ex})",

@@ -31,6 +31,18 @@ def start_replay(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mrw", "replay", "-q", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def stop_replay(p: subprocess.Popen) -> None:
+    """After a failed assertion: SIGTERM first, so mrw stops the vLLM it launched (a SIGKILL
+    would orphan it), then SIGKILL if it does not go."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
 def wait_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -79,7 +91,7 @@ def test_engine_killed_mid_run(tiny, long_trace, tmp_path):
     p = start_replay(str(long_trace), "--model", str(tiny.path), "--max-model-len", "4096", "--max-num-seqs", "4",
                      "--no-prefix-caching", "-o", str(run), "--request-timeout", "60")
     try:
-        wait_lines(run / "requests.jsonl", 1, p, timeout=300)
+        wait_lines(run / "requests.jsonl", 1, p, timeout=600)
         tree = psutil.Process(p.pid).children(recursive=True)
         server = [q for q in tree if "vllm.entrypoints.openai.api_server" in " ".join(q.cmdline())]
         assert len(server) == 1 and len(tree) >= 2, [q.cmdline() for q in tree]
@@ -88,8 +100,7 @@ def test_engine_killed_mid_run(tiny, long_trace, tmp_path):
         _, err = p.communicate(timeout=90)
         took = time.monotonic() - t_kill
     finally:
-        if p.poll() is None:
-            p.kill()
+        stop_replay(p)
     assert p.returncode == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -122,17 +133,20 @@ def test_engine_killed_mid_run(tiny, long_trace, tmp_path):
 def test_interrupt_while_the_engine_starts_leaves_nothing_running(tiny, small_trace, tmp_path):
     run = tmp_path / "run"
     p = start_replay(str(small_trace), "--model", str(tiny.path), "--max-model-len", "4096", "-o", str(run))
-    server = []
-    t0 = time.monotonic()
-    while not server and time.monotonic() - t0 < 60:
-        time.sleep(0.2)
-        tree = psutil.Process(p.pid).children(recursive=True)
-        server = [q for q in tree if "vllm.entrypoints.openai.api_server" in " ".join(q.cmdline())]
-    assert server, "mrw did not launch vLLM"
-    time.sleep(1.0)  # vLLM is importing, far from healthy
-    tree = [server[0], *server[0].children(recursive=True)]
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    try:
+        server = []
+        t0 = time.monotonic()
+        while not server and time.monotonic() - t0 < 60:
+            time.sleep(0.2)
+            tree = psutil.Process(p.pid).children(recursive=True)
+            server = [q for q in tree if "vllm.entrypoints.openai.api_server" in " ".join(q.cmdline())]
+        assert server, "mrw did not launch vLLM"
+        time.sleep(1.0)  # vLLM is importing, far from healthy
+        tree = [server[0], *server[0].children(recursive=True)]
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        stop_replay(p)
     assert p.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("mrw: interrupted")
     _, alive = psutil.wait_procs(tree, timeout=15)

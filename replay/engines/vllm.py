@@ -222,13 +222,28 @@ class VllmEngine(OpenAICompatEngine):
 
     health_path = "/health"
 
+    def _exited(self) -> str | None:
+        proc = self.server.proc if self.server is not None else None
+        if self.server is not None and (proc is None or proc.poll() is not None):
+            code = proc.returncode if proc is not None else "?"
+            return f"the vLLM that mrw launched exited (code {code}; log: {self.log_path()})"
+        return None
+
     async def health(self) -> str | None:
-        if self.server is not None:
+        dead = self._exited()
+        if dead is not None:
+            return dead
+        why = await super().health()
+        if why is not None and self.server is not None and self.server.proc is not None:
+            # A killed server's sockets close a moment before its exit can be reaped: give
+            # the process that moment, so the error names the real cause.
             proc = self.server.proc
-            if proc is None or proc.poll() is not None:
-                code = proc.returncode if proc is not None else "?"
-                return f"the vLLM that mrw launched exited (code {code}; log: {self.log_path()})"
-        return await super().health()
+            try:
+                await asyncio.to_thread(proc.wait, 2.0)
+            except Exception:
+                pass
+            return self._exited() or why
+        return why
 
     def log_path(self) -> Path | None:
         p = getattr(self.server, "log_path", None)
