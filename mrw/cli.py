@@ -138,5 +138,12 @@ def info(file: Path, as_json: bool, show_workflows: bool) -> None:
         out.print(wt)
 
 
+# ---------------------------------------------------------------------------- record (generators)
+
+from mrw.generators.cli import record as _record  # noqa: E402
+
+cli.add_command(_record)
+
+
 if __name__ == "__main__":
     main()
