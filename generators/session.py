@@ -37,6 +37,7 @@ class RecordOptions:
     concurrency: int = 0
     temperature: float = 0.7
     natural_lengths: bool = False
+    sampling_seeds: bool = False
     keep_text: bool = True
     tokenizer: str | None = None  # a local tokenizer folder
     tokenizer_name: str | None = None  # what the header calls it (e.g. the hub id of the model)
@@ -124,7 +125,7 @@ def _record(opts: RecordOptions, workload: str, generator: dict, plan: Callable[
     rec = Recorder(header, opts.base_url, out=opts.out, min_chars=opts.min_ref_chars, keep_text=opts.keep_text,
                    token_count=tok.count)
     llm = ChatLLM(rec, opts.base_url, info.model, api_key, temperature=opts.temperature, seed=opts.seed,
-                  natural_lengths=opts.natural_lengths)
+                  natural_lengths=opts.natural_lengths, sampling_seeds=opts.sampling_seeds)
     env = Env(llm, tok, opts.seed)
     specs = plan(env)
     if not specs:
