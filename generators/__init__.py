@@ -8,7 +8,7 @@ from mrw.generators.base import REGISTRY, WorkloadDef, describe, register  # noq
 from mrw.generators.recorder import Recorder, WorkflowSpec, node_name, observe_httpx  # noqa: F401
 
 # Workloads register themselves on import.
-from mrw.generators import coding_agents, copilot, summarization  # noqa: E402,F401  isort: skip
+from mrw.generators import coding_agents, composite, copilot, summarization  # noqa: E402,F401  isort: skip
 
 __all__ = ["REGISTRY", "WorkloadDef", "describe", "register", "Recorder", "WorkflowSpec", "node_name",
            "observe_httpx"]

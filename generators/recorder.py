@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import gzip
+import importlib
 import math
 import os
 import time
@@ -347,69 +349,73 @@ def _strip_text(w: Workflow) -> Workflow:
 # ---------------------------------------------------------------------------- transport
 
 
-def _prepare(rec: Recorder, request: httpx.Request) -> tuple[httpx.Request, Observation | None]:
+def _prepare(rec: Recorder, request: Any, hx: Any) -> tuple[Any, Observation | None]:
     """Parse an LLM request, ask for usage on streams, and open its Observation."""
     if request.method != "POST" or not rec.wants(request.url) or request.extensions.get("mrw_observed"):
         return request, None
     try:
         body = orjson.loads(request.content)
-    except (orjson.JSONDecodeError, httpx.RequestNotRead):
+    except (orjson.JSONDecodeError, hx.RequestNotRead):
         return request, None
     if not isinstance(body, dict):
         return request, None
     if body.get("stream") and not (body.get("stream_options") or {}).get("include_usage"):
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"]
-        request = httpx.Request(request.method, request.url, headers=headers, content=orjson.dumps(body),
-                                extensions=request.extensions)
+        request = hx.Request(request.method, request.url, headers=headers, content=orjson.dumps(body),
+                             extensions=request.extensions)
     request.extensions = {**request.extensions, "mrw_observed": True}  # observed once, even when transports nest
     obs = rec.begin_call(body, request.url.path)
     return request, obs
 
 
-class _AsyncObserved(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, obs: Observation):
-        self.inner, self.obs = inner, obs
+@functools.cache
+def _streams(hx: Any) -> tuple[type, type]:
+    """Byte-stream wrappers for one httpx-like module (httpx, or httpx2 which openai 3 uses)."""
 
-    async def __aiter__(self):
-        try:
-            async for chunk in self.inner:
-                self.obs.feed(chunk)
-                yield chunk
-        except BaseException:
-            self.obs.finish(ok=False)
-            raise
+    class AsyncObserved(hx.AsyncByteStream):
+        def __init__(self, inner, obs: Observation):
+            self.inner, self.obs = inner, obs
 
-    async def aclose(self) -> None:
-        try:
-            await self.inner.aclose()
-        finally:
-            self.obs.finish(ok=True)
+        async def __aiter__(self):
+            try:
+                async for chunk in self.inner:
+                    self.obs.feed(chunk)
+                    yield chunk
+            except BaseException:
+                self.obs.finish(ok=False)
+                raise
+
+        async def aclose(self) -> None:
+            try:
+                await self.inner.aclose()
+            finally:
+                self.obs.finish(ok=True)
+
+    class SyncObserved(hx.SyncByteStream):
+        def __init__(self, inner, obs: Observation):
+            self.inner, self.obs = inner, obs
+
+        def __iter__(self):
+            try:
+                for chunk in self.inner:
+                    self.obs.feed(chunk)
+                    yield chunk
+            except BaseException:
+                self.obs.finish(ok=False)
+                raise
+
+        def close(self) -> None:
+            try:
+                self.inner.close()
+            finally:
+                self.obs.finish(ok=True)
+
+    return AsyncObserved, SyncObserved
 
 
-class _SyncObserved(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, obs: Observation):
-        self.inner, self.obs = inner, obs
-
-    def __iter__(self):
-        try:
-            for chunk in self.inner:
-                self.obs.feed(chunk)
-                yield chunk
-        except BaseException:
-            self.obs.finish(ok=False)
-            raise
-
-    def close(self) -> None:
-        try:
-            self.inner.close()
-        finally:
-            self.obs.finish(ok=True)
-
-
-async def observe_async(rec: Recorder, request: httpx.Request,
-                        send: Callable[[httpx.Request], Awaitable[httpx.Response]]) -> httpx.Response:
-    request, obs = _prepare(rec, request)
+async def observe_async(rec: Recorder, request: Any, send: Callable[[Any], Awaitable[Any]], hx: Any = httpx) -> Any:
+    request, obs = _prepare(rec, request, hx)
     if obs is None:
         return await send(request)
     try:
@@ -421,12 +427,12 @@ async def observe_async(rec: Recorder, request: httpx.Request,
         obs.finish(ok=False)
         return resp
     obs.encoding = resp.headers.get("content-encoding")
-    return httpx.Response(resp.status_code, headers=resp.headers, stream=_AsyncObserved(resp.stream, obs),
-                          extensions=resp.extensions, request=request)
+    return hx.Response(resp.status_code, headers=resp.headers, stream=_streams(hx)[0](resp.stream, obs),
+                       extensions=resp.extensions, request=request)
 
 
-def observe_sync(rec: Recorder, request: httpx.Request, send: Callable[[httpx.Request], httpx.Response]) -> httpx.Response:
-    request, obs = _prepare(rec, request)
+def observe_sync(rec: Recorder, request: Any, send: Callable[[Any], Any], hx: Any = httpx) -> Any:
+    request, obs = _prepare(rec, request, hx)
     if obs is None:
         return send(request)
     try:
@@ -438,8 +444,8 @@ def observe_sync(rec: Recorder, request: httpx.Request, send: Callable[[httpx.Re
         obs.finish(ok=False)
         return resp
     obs.encoding = resp.headers.get("content-encoding")
-    return httpx.Response(resp.status_code, headers=resp.headers, stream=_SyncObserved(resp.stream, obs),
-                          extensions=resp.extensions, request=request)
+    return hx.Response(resp.status_code, headers=resp.headers, stream=_streams(hx)[1](resp.stream, obs),
+                       extensions=resp.extensions, request=request)
 
 
 class RecordingAsyncTransport(httpx.AsyncBaseTransport):
@@ -456,27 +462,41 @@ class RecordingAsyncTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+def http_modules() -> list[Any]:
+    """The httpx-like modules installed: httpx, and httpx2 (openai >= 3 sends through it)."""
+    mods = []
+    for name in ("httpx", "httpx2"):
+        with contextlib.suppress(ImportError):
+            mods.append(importlib.import_module(name))
+    return mods
+
+
 @contextlib.contextmanager
 def observe_httpx(rec: Recorder) -> Iterator[None]:
-    """Record every LLM request any httpx client in this process sends to the engine, for the
-    duration of the block. This is how an unmodified user graph is recorded: its openai (or
-    langchain-openai) client builds its own httpx client, whose default transport is wrapped."""
-    a_orig = httpx.AsyncHTTPTransport.handle_async_request
-    s_orig = httpx.HTTPTransport.handle_request
+    """Record every LLM request any httpx (or httpx2) client in this process sends to the
+    engine, for the duration of the block. This is how an unmodified user graph is recorded:
+    its openai (or langchain-openai) client builds its own HTTP client, whose default transport
+    is wrapped."""
+    saved = []
+    for hx in http_modules():
+        a_orig = hx.AsyncHTTPTransport.handle_async_request
+        s_orig = hx.HTTPTransport.handle_request
 
-    async def a_wrapped(self, request):
-        return await observe_async(rec, request, lambda r: a_orig(self, r))
+        def a_wrapped(self, request, _orig=a_orig, _hx=hx):
+            return observe_async(rec, request, lambda r: _orig(self, r), _hx)
 
-    def s_wrapped(self, request):
-        return observe_sync(rec, request, lambda r: s_orig(self, r))
+        def s_wrapped(self, request, _orig=s_orig, _hx=hx):
+            return observe_sync(rec, request, lambda r: _orig(self, r), _hx)
 
-    httpx.AsyncHTTPTransport.handle_async_request = a_wrapped  # type: ignore[method-assign]
-    httpx.HTTPTransport.handle_request = s_wrapped  # type: ignore[method-assign]
+        saved.append((hx, a_orig, s_orig))
+        hx.AsyncHTTPTransport.handle_async_request = a_wrapped
+        hx.HTTPTransport.handle_request = s_wrapped
     try:
         yield
     finally:
-        httpx.AsyncHTTPTransport.handle_async_request = a_orig  # type: ignore[method-assign]
-        httpx.HTTPTransport.handle_request = s_orig  # type: ignore[method-assign]
+        for hx, a_orig, s_orig in saved:
+            hx.AsyncHTTPTransport.handle_async_request = a_orig
+            hx.HTTPTransport.handle_request = s_orig
 
 
 # ---------------------------------------------------------------------------- running workflows
