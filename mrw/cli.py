@@ -66,10 +66,10 @@ def validate(files: tuple[Path, ...], quiet: bool) -> None:
         if problems:
             bad += 1
             for p in problems:
-                out.print(f"{f}: {p}", highlight=False, soft_wrap=True)
+                click.echo(f"{f}: {p}")
         elif not quiet:
             n = sum(len(w["calls"]) for w in doc["workflows"])
-            out.print(f"{f}: ok ({len(doc['workflows'])} workflows, {n} calls)", highlight=False)
+            click.echo(f"{f}: ok ({len(doc['workflows'])} workflows, {n} calls)")
     if bad:
         raise SystemExit(1)
 

@@ -81,6 +81,7 @@ def semantic_problems(doc: dict) -> list[Problem]:
     block_size = header.get("block_size")
     seen_wf: set[str] = set()
     seen_call: dict[str, str] = {}
+    owner = {c.get("id"): wf.get("id") for wf in doc.get("workflows", []) for c in wf.get("calls", [])}
     for wi, wf in enumerate(doc.get("workflows", [])):
         wpath = f"$.workflows[{wi}]"
         wid = wf.get("id")
@@ -106,7 +107,7 @@ def semantic_problems(doc: dict) -> list[Problem]:
                 if d == c.get("id"):
                     out.append(Problem(f"{cpath}.deps[{di}]", "a call cannot depend on itself"))
                 elif d not in index:
-                    where = f" (it is in workflow {seen_call[d]!r}; dependencies stay inside a workflow)" if d in seen_call else ""
+                    where = f" (it is in workflow {owner[d]!r}; dependencies stay inside a workflow)" if d in owner else ""
                     out.append(Problem(f"{cpath}.deps[{di}]", f"dependency {d!r} does not exist{where}"))
             if "messages" in c and "prompt" in c:
                 out.append(Problem(cpath, "has both 'messages' and 'prompt'; keep one"))

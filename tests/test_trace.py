@@ -1,0 +1,141 @@
+"""Trace format v1: round trips, the validator's every rule, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from mrw import validate as v
+from mrw.errors import TraceError
+from mrw.info import trace_info
+from mrw.trace import Call, Message, Trace, Workflow, dump, load, new_header
+
+SYSTEM = "You are a careful summarizer. " * 20
+
+
+def sample_trace() -> Trace:
+    """Two workflows: a 3-call refine chain and a fan-out/fan-in sharing a system prompt."""
+    chain = [
+        Call("a/0", "summarize", [], 0.0, 300, 20, [Message("system", [{"text": SYSTEM}]), Message("user", [{"text": "Part one of the text."}])],
+             t_issue=0.0, t_first_token=0.2, t_end=1.0, output="First summary of part one."),
+        Call("a/1", "refine", ["a/0"], 0.5, 320, 20, [Message("system", [{"text": SYSTEM}]), Message("user", [{"text": "Summary: "}, {"ref": "a/0"}, {"text": " Next: part two."}])],
+             t_issue=1.5, t_first_token=1.7, t_end=2.5, output="Refined summary with part two."),
+        Call("a/2", "refine", ["a/1"], 0.0, 330, 20, [Message("system", [{"text": SYSTEM}]), Message("user", [{"text": "Summary: "}, {"ref": "a/1"}, {"text": " Next: part three."}])],
+             t_issue=2.5, t_first_token=2.6, t_end=3.5, output="Final summary."),
+    ]
+    fan = [Call(f"b/m{i}", "map", [], 0.0, 200, 10, [Message("system", [{"text": SYSTEM}]), Message("user", [{"text": f"Chunk {i}"}])],
+                t_issue=1.0, t_first_token=1.1, t_end=2.0, output=f"partial {i} summary text") for i in range(3)]
+    fan.append(Call("b/r", "reduce", [c.id for c in fan], 0.25, 250, 30,
+                    [Message("user", [{"text": "Combine: "}, {"ref": "b/m0"}, {"text": "; "}, {"ref": "b/m1"}, {"text": "; "}, {"ref": "b/m2"}])],
+                    t_issue=2.25, t_first_token=2.4, t_end=3.0, output="combined"))
+    return Trace(new_header("summarization", generator={"name": "test", "params": {}, "seed": 1}),
+                 [Workflow("a", 0.0, chain, {"kind": "chain"}), Workflow("b", 1.0, fan, {"kind": "map-reduce"})])
+
+
+@pytest.mark.parametrize("suffix", [".json", ".json.gz"])
+def test_round_trip(tmp_path, suffix) -> None:
+    t = sample_trace()
+    p = dump(t, tmp_path / f"t{suffix}")
+    if suffix.endswith(".gz"):
+        assert gzip.decompress(p.read_bytes())[:1] == b"{"
+    back = load(p)
+    assert back.to_dict() == t.to_dict()
+    assert back.workflows[0].calls[1].render_messages(back.recorded_outputs())[1]["content"] == (
+        "Summary: First summary of part one. Next: part two."
+    )
+
+
+def test_valid_sample_has_no_problems() -> None:
+    assert v.check(sample_trace().to_dict()) == []
+
+
+def _broken(mutate) -> list[v.Problem]:
+    d = copy.deepcopy(sample_trace().to_dict())
+    mutate(d)
+    return v.check(d)
+
+
+@pytest.mark.parametrize(
+    "mutate, path, words",
+    [
+        (lambda d: d["workflows"][0]["calls"][0]["deps"].append("a/2"), "$.workflows[0].calls[0]", "cycle"),
+        (lambda d: d["workflows"][0]["calls"][1]["deps"].append("zzz"), "$.workflows[0].calls[1].deps[1]", "does not exist"),
+        (lambda d: d["workflows"][0]["calls"][1]["deps"].append("b/m0"), "$.workflows[0].calls[1].deps[1]", "stay inside a workflow"),
+        (lambda d: d["workflows"][0]["calls"][1].__setitem__("deps", []), "$.workflows[0].calls[1].messages[1].content[1]", "not among"),
+        (lambda d: d["workflows"][1]["calls"][0].__setitem__("id", "a/0"), "$.workflows[1].calls[0].id", "duplicate call id"),
+        (lambda d: d["workflows"][1].__setitem__("id", "a"), "$.workflows[1].id", "duplicate workflow id"),
+        (lambda d: d["workflows"][0]["calls"][2].__setitem__("t_end", 2.0), "$.workflows[0].calls[2].t_end", "before"),
+        (lambda d: d["workflows"][0]["calls"][1].__setitem__("t_issue", 0.8), "$.workflows[0].calls[1].t_issue", "before its dependency"),
+        (lambda d: d["workflows"][0]["calls"][0].__setitem__("hash_ids", [1, 2]), "$.workflows[0].calls[0].hash_ids", "block_size"),
+        (lambda d: d["workflows"][0]["calls"][0].__setitem__("input_tokens", -3), "$.workflows[0].calls[0].input_tokens", "minimum"),
+        (lambda d: d["workflows"][0]["calls"][0].pop("node"), "$.workflows[0].calls[0]", "'node' is a required"),
+        (lambda d: d["header"].__setitem__("api_key", "sk-123"), "$.header", "Additional properties"),
+    ],
+)
+def test_each_rule_reports_its_json_path(mutate, path, words) -> None:
+    probs = _broken(mutate)
+    assert probs, "the validator accepted a broken trace"
+    assert any(p.path.startswith(path) and words in p.message for p in probs), probs
+
+
+def test_all_problems_reported_not_just_the_first() -> None:
+    def two(d):
+        d["workflows"][0]["calls"][1]["deps"].append("x1")
+        d["workflows"][1]["calls"][3]["deps"].append("x2")
+    assert len(_broken(two)) == 2
+
+
+def test_future_version_is_refused_naming_both() -> None:
+    d = sample_trace().to_dict()
+    d["header"]["version"] = 7
+    with pytest.raises(TraceError, match="version 7.*version 1"):
+        v.migrate(d, "x.json")
+
+
+def test_info_measures_shape_and_sharing() -> None:
+    info, shapes = trace_info(sample_trace())
+    assert (info.workflows, info.calls, info.depth_max, info.width_max) == (2, 7, 3, 3)
+    assert [s.depth for s in shapes] == [3, 2]
+    # a: 3 calls, chain: 1.0 + 0.5 + 1.0 + 0.0 + 1.0 = 3.5 s; b: max map 1.0 + 0.25 + 0.75 = 2.0 s
+    assert shapes[0].critical_path_s == pytest.approx(3.5)
+    assert shapes[1].critical_path_s == pytest.approx(2.0)
+    # The shared system prompt (600 chars) repeats in 5 of 6 calls that carry it.
+    assert info.shared_prefix_basis == "text"
+    assert 0.4 < info.shared_prefix_share < 0.9
+
+
+def _mrw(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mrw", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_validate_and_bad_inputs(tmp_path) -> None:
+    good = dump(sample_trace(), tmp_path / "good.json")
+    r = _mrw("validate", str(good))
+    assert r.returncode == 0 and "ok (2 workflows, 7 calls)" in r.stdout
+
+    cyc = sample_trace().to_dict()
+    cyc["workflows"][0]["calls"][0]["deps"] = ["a/2"]
+    (tmp_path / "cycle.json").write_bytes(orjson.dumps(cyc))
+    r = _mrw("validate", str(tmp_path / "cycle.json"), str(good))
+    assert r.returncode == 1 and "cycle" in r.stdout and "good.json: ok" in r.stdout
+
+    (tmp_path / "trunc.json").write_bytes(good.read_bytes()[:500])
+    (tmp_path / "text.json").write_text("this is not json")
+    for name, words in [("trunc.json", "truncated"), ("text.json", "not valid JSON"), ("cycle.json", "cycle"), ("missing.json", "no such file")]:
+        r = _mrw("info", str(tmp_path / name))
+        assert r.returncode == 1, r
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and words in lines[0], r.stderr
+
+
+def test_cli_info_json(tmp_path) -> None:
+    good = dump(sample_trace(), tmp_path / "good.json.gz")
+    r = _mrw("info", "--json", str(good))
+    assert r.returncode == 0
+    d = orjson.loads(r.stdout)
+    assert d["calls"] == 7 and d["input_tokens"] == 300 + 320 + 330 + 600 + 250
