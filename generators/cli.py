@@ -35,11 +35,13 @@ COMMON = [
     click.option("--tokenizer", type=click.Path(path_type=Path),
                  help="Local tokenizer folder for chunking by tokens (default: the served model's folder "
                       "when local, else the engine's /tokenize, else 4 chars/token)."),
+    click.option("--tokenizer-name", help="What the trace header calls the tokenizer (e.g. its hub id) "
+                                          "[default: the embedded model's, else the served model name]."),
     click.option("--min-ref-chars", type=int, help="Shortest output (chars) that can make a dependency [default: 24]."),
     click.option("--quiet", "-q", is_flag=True, default=None, help="No progress display."),
 ]
 COMMON_NAMES = ["base_url", "model", "api_key", "out", "seed", "concurrency", "temperature", "natural_lengths",
-                "sampling_seeds", "no_text", "tokenizer", "min_ref_chars", "quiet"]
+                "sampling_seeds", "no_text", "tokenizer", "tokenizer_name", "min_ref_chars", "quiet"]
 DEFAULTS = {"seed": 0, "concurrency": 0, "temperature": 0.7, "natural_lengths": False, "sampling_seeds": False, "no_text": False,
             "min_ref_chars": 24, "quiet": False}
 
@@ -69,13 +71,12 @@ def _endpoint(c: dict) -> Iterator[tuple[str, str | None, dict]]:
     if c["base_url"]:
         yield c["base_url"], str(c["tokenizer"]) if c["tokenizer"] else None, {}
         return
-    try:
-        from mrw.launch import VllmServer
-        from mrw.models import default_model
-    except ImportError:
-        raise click.UsageError("no --base-url given and this mrw has no embedded engine; pass --base-url") from None
+    from mrw.launch import VllmOptions, VllmServer
+    from mrw.models import default_model
+
     spec = default_model()
-    with VllmServer(spec.path, served_name=spec.name) as server:
+    # 8192: SmolLM2's context; the copilot's prompts reach ~7k tokens as in the reference.
+    with VllmServer(spec, VllmOptions(max_model_len=8192)) as server:
         yield server.base_url, str(c["tokenizer"] or spec.path), {"tokenizer_name": spec.tokenizer}
 
 
@@ -94,7 +95,7 @@ def _options(c: dict, base_url: str, tokenizer: str | None, notes: dict, workloa
         sampling_seeds=c["sampling_seeds"],
         keep_text=not c["no_text"],
         tokenizer=tokenizer,
-        tokenizer_name=notes.get("tokenizer_name"),
+        tokenizer_name=c["tokenizer_name"] or notes.get("tokenizer_name"),
         min_ref_chars=c["min_ref_chars"],
         progress=not c["quiet"],
     )

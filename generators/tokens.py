@@ -61,6 +61,7 @@ def local_tokenizer(path: str | Path, name: str | None = None) -> Tokenizer:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path))
+    tok.model_max_length = 1 << 30  # we count and cut long documents; no model sees them whole
 
     def offsets(text: str) -> list[int]:
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
