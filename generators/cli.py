@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import click
 
-from mrw.generators import REGISTRY, describe
+from mrw.generators import WORKLOADS
 
 COMMON = [
     click.option("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1. "
@@ -117,7 +117,17 @@ def _report(trace, out: Path) -> None:
     Console(stderr=True).print(msg, highlight=False, soft_wrap=True)
 
 
-@click.group(invoke_without_command=True)
+class _Workloads(click.Group):
+    """Builds a workload's subcommand only when it is asked for (imports LangGraph then)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(WORKLOADS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return _workload_command(name) if name in WORKLOADS else None
+
+
+@click.group(cls=_Workloads, invoke_without_command=True)
 @common_options
 @click.option("--graph", "graph_ref", metavar="MODULE:GRAPH",
               help="Record your own compiled LangGraph graph (importable from the current directory).")
@@ -154,8 +164,12 @@ def record(ctx: click.Context, graph_ref, inputs, rate, workload_name, **kw) -> 
     _report(trace, Path(opts.out))
 
 
+@functools.cache
 def _workload_command(name: str) -> click.Command:
-    wl = REGISTRY[name]
+    from mrw.generators import registry
+    from mrw.generators.base import describe
+
+    wl = registry()[name]
 
     @click.pass_context
     def run(ctx: click.Context, **kw: Any) -> None:
@@ -178,10 +192,6 @@ def _workload_command(name: str) -> click.Command:
         cmd = click.option(d["flag"], d["name"], type=kind, default=d["default"], show_default=True, help=help_)(cmd)
     cmd = common_options(cmd)
     return click.command(name, help=f"{wl.summary} See docs/workloads.md.")(cmd)
-
-
-for _name in REGISTRY:
-    record.add_command(_workload_command(_name))
 
 
 def main() -> None:  # `python -m mrw.generators.cli` (the real entry is `mrw record`)

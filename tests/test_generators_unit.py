@@ -92,3 +92,13 @@ def test_every_workload_documents_every_parameter():
     for wl in REGISTRY.values():
         for p in describe(wl.params):
             assert p["help"], (wl.name, p["name"])
+
+
+def test_docs_list_every_option_of_every_workload():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "workloads.md").read_text()
+    for wl in REGISTRY.values():
+        section = doc.split(f"\n## {wl.name}\n", 1)[1].split("\n## ", 1)[0]
+        for p in describe(wl.params):
+            assert f"`{p['flag']}`" in section, (wl.name, p["flag"])
