@@ -118,11 +118,14 @@ class Env:
         return random.Random(f"{self.seed}:" + ":".join(map(str, salt)))
 
 
-def poisson_arrivals(n: int, rate: float, rng: random.Random, start: float = 0.0) -> list[float]:
-    """n arrival offsets of a Poisson process at `rate` per second (rate <= 0: all at `start`)."""
+def poisson_arrivals(n: int, rate: float, rng: random.Random, start: float = 0.0,
+                     first_at_start: bool = True) -> list[float]:
+    """n arrival offsets of a Poisson process at `rate` per second (rate <= 0: all at `start`).
+    The first arrival is at `start` (a recording does not idle first) unless `first_at_start`
+    is false (several processes in one trace: each starts after its own first gap)."""
     if rate <= 0:
         return [start] * n
-    t, out = start, []
+    t, out = start + (0.0 if first_at_start else rng.expovariate(rate)), []
     for _ in range(n):
         out.append(round(t, 3))
         t += rng.expovariate(rate)

@@ -174,15 +174,17 @@ def coding_graph(env: Env, p: CodingParams):
         return {"reviews": {f["name"]: await ask(j["prompt_head"] + job, p.review_tokens)}}
 
     def to_revisers(s: TeamState) -> list[Send]:
-        head = context(s) + code_section(s["code"], s["files"]) + f"\n## Test results\n{s['report']}\n"
-        return [Send("reviser", {"file": f, "prompt_head": head,
-                                 "extra": f"\n## Review of {f['name']}\n{s['reviews'][f['name']]}\n"})
-                for f in s["files"]]
+        # Every reviser reads all reviews (the team's shared message pool, as in MetaGPT): the
+        # revisers start together once the last review is in, and their prompts say so.
+        reviews = "".join(f"\n### Review of {f['name']}\n{s['reviews'][f['name']]}\n" for f in s["files"])
+        head = (context(s) + code_section(s["code"], s["files"]) + f"\n## Test results\n{s['report']}\n"
+                + "\n## Reviews\n" + reviews)
+        return [Send("reviser", {"file": f, "prompt_head": head, "extra": ""}) for f in s["files"]]
 
     async def reviser(j: FileJob) -> dict:
         f = j["file"]
-        job = (f"\n## Your job\nYou are the engineer responsible for `{f['name']}`. Apply the review and write "
-               f"the complete revised `{f['name']}` in one ```python code block.")
+        job = (f"\n## Your job\nYou are the engineer responsible for `{f['name']}`. Apply the review of "
+               f"`{f['name']}` and write the complete revised `{f['name']}` in one ```python code block.")
         return {"revised": {f["name"]: await ask(j["prompt_head"] + j["extra"] + job, p.code_tokens)}}
 
     async def test_revised(s: TeamState) -> dict:
@@ -216,14 +218,14 @@ def coding_graph(env: Env, p: CodingParams):
 
 @register("coding-agents", "A MetaGPT-style team (PM, architect, per-file engineers, reviewers, revisers) "
           "with real test runs.", CodingParams)
-def plan(p: CodingParams, env: Env, prefix: str = "code") -> list[WorkflowSpec]:
+def plan(p: CodingParams, env: Env, prefix: str = "code", first_at_start: bool = True) -> list[WorkflowSpec]:
     if p.rounds < 1:
         raise corpus.DataError("--rounds must be at least 1")
     tasks = corpus.jsonl(p.tasks, "coding-tasks.jsonl", "--tasks", ("id", "title", "requirement", "files", "test"))
     order = list(range(len(tasks)))
     env.rng("coding", "order").shuffle(order)
     graph = coding_graph(env, p)
-    arrivals = poisson_arrivals(p.workflows, p.rate, env.rng("coding", "arrivals"))
+    arrivals = poisson_arrivals(p.workflows, p.rate, env.rng("coding", "arrivals"), first_at_start=first_at_start)
     specs = []
     for k in range(p.workflows):
         task = tasks[order[k % len(tasks)]]

@@ -66,15 +66,15 @@ def plan(p: CompositeParams, env: Env) -> list[WorkflowSpec]:
     extra = overrides(p.set)
     if p.copilot_sessions > 0:
         cp = replace(copilot.CopilotParams(), workflows=p.copilot_sessions, rate=p.copilot_rate, **extra["copilot"])
-        specs += copilot.plan(cp, env, prefix="copilot")
+        specs += copilot.plan(cp, env, prefix="copilot", first_at_start=False)
     if p.summarization_workflows > 0:
         sp = replace(summarization.SummarizationParams(), workflows=p.summarization_workflows,
                      rate=p.summarization_rate, mode=p.summarization_mode, **extra["summarization"])
-        specs += summarization.plan(sp, env, prefix="sum")
+        specs += summarization.plan(sp, env, prefix="sum", first_at_start=False)
     if p.coding_workflows > 0:
         kp = replace(coding_agents.CodingParams(), workflows=p.coding_workflows, rate=p.coding_rate,
                      rounds=p.coding_rounds, **extra["coding"])
-        specs += coding_agents.plan(kp, env, prefix="code")
+        specs += coding_agents.plan(kp, env, prefix="code", first_at_start=False)
     for s in specs:
         s.tags.setdefault("kind", s.id.split("-")[0])
     return sorted(specs, key=lambda s: (s.arrival_s, s.id))

@@ -129,7 +129,7 @@ def copilot_graph(env: Env, p: CopilotParams, system: str, index: BM25, docs: li
 
 @register("copilot", "Search copilot sessions sharing one large system prompt (rewrite, retrieve, answer).",
           CopilotParams)
-def plan(p: CopilotParams, env: Env, prefix: str = "copilot") -> list[WorkflowSpec]:
+def plan(p: CopilotParams, env: Env, prefix: str = "copilot", first_at_start: bool = True) -> list[WorkflowSpec]:
     if not 1 <= p.answer_tokens_min <= p.answer_tokens_max:
         raise corpus.DataError("--answer-tokens-min must be >= 1 and <= --answer-tokens-max")
     if p.rewrite_tokens < 8:
@@ -139,7 +139,7 @@ def plan(p: CopilotParams, env: Env, prefix: str = "copilot") -> list[WorkflowSp
     system = system_prompt(env.tokenizer, p.system_tokens, docs)
     index = BM25([f"{d.title} {d.text}" for d in docs])
     graph = copilot_graph(env, p, system, index, docs)
-    arrivals = poisson_arrivals(p.workflows, p.rate, env.rng("copilot", "arrivals"))
+    arrivals = poisson_arrivals(p.workflows, p.rate, env.rng("copilot", "arrivals"), first_at_start=first_at_start)
     specs = []
     for k in range(p.workflows):
         rng = env.rng("copilot", "session", k)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,8 +133,9 @@ def _record(opts: RecordOptions, workload: str, generator: dict, plan: Callable[
     if not specs:
         raise RecordError("the workload planned no workflow; ask for --workflows 1 or more")
 
+    llm.client()  # build the client (and import openai) before the clock starts
+
     async def main() -> None:
-        llm.client()  # build the client (and import openai) before the clock matters
         try:
             await run_workflows(rec, specs, opts.concurrency)
         finally:
@@ -143,6 +146,7 @@ def _record(opts: RecordOptions, workload: str, generator: dict, plan: Callable[
         rec.on_call, rec.on_workflow = prog.call_done, prog.workflow_done
         rec.t0 = time.monotonic()
         env_patch = _openai_env(opts.base_url, api_key) if observe_all else None
+        old_term = _term_as_interrupt()
         try:
             if observe_all:
                 with env_patch, observe_httpx(rec):
@@ -153,6 +157,9 @@ def _record(opts: RecordOptions, workload: str, generator: dict, plan: Callable[
             rec.header.extra["recording"]["interrupted"] = True
             rec.checkpoint(force=True)
             raise
+        finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
     rec.header.extra["recording"]["wall_s"] = round(time.monotonic() - t0, 3)
     if not rec.completed:
         rec.checkpoint(force=True)
@@ -160,6 +167,18 @@ def _record(opts: RecordOptions, workload: str, generator: dict, plan: Callable[
         raise RecordError(f"no workflow completed (e.g. {first[0]}: {first[1]}); see the trace header for all")
     rec.checkpoint(force=True)
     return rec.trace()
+
+
+def _term_as_interrupt():
+    """SIGTERM ends a recording like Ctrl-C (trace written, embedded engine stopped). Returns
+    the previous handler, or None off the main thread (signals cannot be set there)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 class _openai_env:

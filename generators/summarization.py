@@ -122,7 +122,7 @@ def map_reduce_graph(env: Env, summary_tokens: int):
 
 
 @register("summarization", "Chain (refine) or map-reduce summarization of long documents.", SummarizationParams)
-def plan(p: SummarizationParams, env: Env, prefix: str = "sum") -> list[WorkflowSpec]:
+def plan(p: SummarizationParams, env: Env, prefix: str = "sum", first_at_start: bool = True) -> list[WorkflowSpec]:
     if not 1 <= p.summary_tokens <= 4096:
         raise corpus.DataError(f"--summary-tokens {p.summary_tokens}: must be 1-4096")
     if p.chunk_tokens < 16:
@@ -132,7 +132,7 @@ def plan(p: SummarizationParams, env: Env, prefix: str = "sum") -> list[Workflow
     order = list(range(len(docs)))
     rng.shuffle(order)
     graph = chain_graph(env, p.summary_tokens) if p.mode == "chain" else map_reduce_graph(env, p.summary_tokens)
-    arrivals = poisson_arrivals(p.workflows, p.rate, env.rng("summarization", "arrivals"))
+    arrivals = poisson_arrivals(p.workflows, p.rate, env.rng("summarization", "arrivals"), first_at_start=first_at_start)
     specs = []
     for k in range(p.workflows):
         doc = docs[order[k % len(docs)]]
