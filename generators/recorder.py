@@ -333,6 +333,9 @@ class Recorder:
         t = time.monotonic()
         if force or t - self._last_write >= 2.0:
             dump(self.trace(), self.out)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.out, 0o666 & ~umask)  # a trace is for sharing (the temp file was 0600)
             self._last_write = t
 
 
