@@ -183,7 +183,7 @@ def _workload_command(name: str) -> click.Command:
             trace = record_workload(name, params, opts)
         _report(trace, Path(opts.out))
 
-    cmd = functools.update_wrapper(run, run)
+    cmd: Any = run
     for d in reversed(describe(wl.params)):
         kind = {"int": int, "float": float}.get(d["type"].split(" ")[0] if isinstance(d["type"], str) else "", None)
         if d["choices"]:

@@ -102,3 +102,23 @@ def test_docs_list_every_option_of_every_workload():
         section = doc.split(f"\n## {wl.name}\n", 1)[1].split("\n## ", 1)[0]
         for p in describe(wl.params):
             assert f"`{p['flag']}`" in section, (wl.name, p["flag"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["summarization", "--base-url", "http://127.0.0.1:9/v1"], "nothing answers at http://127.0.0.1:9"),
+    (["--graph", "no_such_pkg.mod:graph", "--inputs", "x.jsonl", "--base-url", "http://127.0.0.1:9/v1"],
+     "cannot import no_such_pkg.mod"),
+    (["--graph", "tests.graphs.research:graph"], "--graph needs --inputs"),
+    (["nope"], "No such command"),
+])
+def test_record_errors_are_one_clear_line(args, message, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "mrw", "record", *args, "-o", str(tmp_path / "t.json")],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
