@@ -155,16 +155,17 @@ def _record(opts: RecordOptions, workload: str, generator: dict, plan: Callable[
                 asyncio.run(main())
         except KeyboardInterrupt:
             rec.header.extra["recording"]["interrupted"] = True
-            rec.checkpoint(force=True)
+            if rec.completed:  # the whole workflows so far; none: leave any older file alone
+                rec.checkpoint(force=True)
             raise
         finally:
             if old_term is not None:
                 signal.signal(signal.SIGTERM, old_term)
     rec.header.extra["recording"]["wall_s"] = round(time.monotonic() - t0, 3)
-    if not rec.completed:
-        rec.checkpoint(force=True)
+    if not rec.completed:  # write nothing: an empty trace would only clobber a good one
         first = next(iter(rec.failed.items()), ("-", "no workflow ran"))
-        raise RecordError(f"no workflow completed (e.g. {first[0]}: {first[1]}); see the trace header for all")
+        raise RecordError(f"no workflow completed, no trace written; {len(rec.failed)} failed, the first "
+                          f"({first[0]}) with {first[1][:300]} (if the engine died, its log says why)")
     rec.checkpoint(force=True)
     return rec.trace()
 

@@ -180,6 +180,19 @@ def test_custom_graph_recorded_through_cli(vllm_server, tmp_path):
     assert next(w for w in trace.workflows if w.id == "sorting").tags["x"] == 1
     _rebuilt_prompts_match(vllm_server, trace)
 
+    # ... and it replays: every call reissued in dependency order with the recorded lengths.
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "mrw", "replay", str(out), "--url", vllm_server.base_url, "-o", str(run),
+                        "-q", "--time-scale", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    meta = json.loads((run / "run.json").read_text())
+    reqs = [json.loads(line) for line in (run / "requests.jsonl").read_text().splitlines() if line.strip()]
+    assert meta["status"] == "completed" and len(reqs) == trace.n_calls
+    assert all(q["input_tokens"] == q["expected_input_tokens"] for q in reqs)
+    assert all(q["output_tokens"] == q["expected_output_tokens"] for q in reqs)
+
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_leaves_a_valid_trace_of_completed_workflows(vllm_server, tmp_path, sig):
