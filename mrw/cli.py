@@ -500,5 +500,12 @@ def export(fmt: str, src: Path, output: Path, block_size: int | None, tokenizer_
     out.print(f"{output}: written", highlight=False)
 
 
+# ---------------------------------------------------------------------------- record (generators)
+
+from mrw.generators.cli import record as _record  # noqa: E402
+
+cli.add_command(_record)
+
+
 if __name__ == "__main__":
     main()
