@@ -153,6 +153,7 @@ class SweepConfig:
     gpu_memory_utilization: float | None = None
     engine_args: list[str] = field(default_factory=list)
     startup_timeout_s: float = 900.0
+    port: int | None = None  # port for launched engines (default: a free one)
     # replay options, passed to every point (mrw.replay.scheduler.ReplayOptions fields)
     replay: dict[str, Any] = field(default_factory=dict)
     # hygiene between points
@@ -215,7 +216,7 @@ class SweepConfig:
         return c
 
     def apply_engine_table(self, eng: dict[str, Any], name: str = "config") -> None:
-        keys = {"name", "url", "model", "gpu_memory_utilization", "engine_args", "startup_timeout_s"}
+        keys = {"name", "url", "model", "gpu_memory_utilization", "engine_args", "startup_timeout_s", "port"}
         bad = set(eng) - keys
         if bad:
             raise SweepError(f"{name}: unknown [engine] key(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(keys))}")
@@ -690,7 +691,7 @@ class EngineSlot:
             extra_args=list(self.cfg.engine_args),
         )
         log = self.root / ENGINES / f"{p.launch_name}.log"
-        server = VllmServer(self.model, opts, log_path=log, startup_timeout_s=self.cfg.startup_timeout_s, quiet=True)
+        server = VllmServer(self.model, opts, port=self.cfg.port, log_path=log, startup_timeout_s=self.cfg.startup_timeout_s, quiet=True)
         if on_status:
             on_status(f"launching vLLM ({p.launch_name})")
         t0 = time.monotonic()
