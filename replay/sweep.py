@@ -277,6 +277,19 @@ class SweepConfig:
         return asdict(self)
 
 
+def _coerce_replay(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        t = REPLAY_OPTION_TYPES.get(k)
+        if t is not None and v is not None and not isinstance(v, t):
+            try:
+                v = t(v) if t is not bool else str(v).lower() in ("1", "true", "yes", "on")
+            except (TypeError, ValueError):
+                raise SweepError(f"replay option {k}: {v!r} is not a {t.__name__}") from None
+        out[k] = v
+    return out
+
+
 def _replay_option_names() -> list[str]:
     try:
         from mrw.replay.scheduler import ReplayOptions
@@ -580,77 +593,76 @@ def _use_counter(cfg: SweepConfig, trace: Any, model: Any | None) -> bool:
 
 
 class CapController:
-    """Holds the GPU power limit at the current point's cap, changing it only when the cap
-    changes, and restoring the original limit on close (every exit path: the sweep closes it
-    in a finally, and SIGTERM is turned into an exception for that)."""
+    """Holds the GPU power limit at the current point's cap, changing it (through the energy
+    layer's `apply_knobs`: validated, read back, restored on every exit path) only when the cap
+    changes between consecutive points. The engine keeps running across a change.
 
-    def __init__(self, caps: Sequence[float | None]):
-        self.wanted = [c for c in caps if c is not None]
+    `nvml` is passed through to the knob layer (a test double in tests; the real binding else)."""
+
+    def __init__(self, caps: Sequence[float | None], nvml: Any = None):
+        self.nvml = nvml
+        self.wanted = sorted({c for c in caps if c is not None})
         self.current: float | None = None
-        self._ctx: contextlib.AbstractContextManager | None = None
-        self.effective_w: float | None = None
-        self.impl = _cap_impl() if self.wanted else None
-        if self.impl is not None:
-            self.impl.check(self.wanted)  # range and permission, before anything runs
+        self.changes = 0
+        self.applied: Any = None  # mrw.replay.knobs.AppliedKnobs while a cap is held
+        self._cm: contextlib.AbstractContextManager | None = None
+        if self.wanted:
+            check_caps(self.wanted, nvml)
 
-    def set(self, watts: float | None) -> float | None:
-        if watts == self.current and (watts is None or self._ctx is not None):
-            return self.effective_w
-        self.release()
-        if watts is not None:
-            assert self.impl is not None
-            ctx = self.impl.context(watts)
-            self.effective_w = ctx.__enter__()
-            self._ctx = ctx
-        self.current = watts
-        return self.effective_w
+    def set(self, watts: float | None) -> dict[str, Any] | None:
+        """Apply `watts` (None: the card's own limit); returns the knob record while capped."""
+        if watts != self.current:
+            self.release()
+            if watts is not None:
+                from mrw.replay.knobs import apply_knobs
+
+                cm = apply_knobs(cap_w=watts, nvml=self.nvml)
+                self.applied = cm.__enter__()
+                self._cm = cm
+            self.current = watts
+            self.changes += 1
+        return self.record()
+
+    def record(self) -> dict[str, Any] | None:
+        return self.applied.to_dict() if self.applied is not None else None
+
+    @property
+    def effective_w(self) -> float | None:
+        if self.applied is None:
+            return None
+        eff = [g.cap_effective_w for g in self.applied.gpus if g.cap_effective_w is not None]
+        return min(eff) if eff else None
 
     def release(self) -> None:
-        ctx, self._ctx = self._ctx, None
-        self.current, self.effective_w = None, None
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
+        """Put the original limit back (idempotent)."""
+        cm, self._cm = self._cm, None
+        self.applied, self.current = None, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
 
 
-class _NvmlCap:
-    """The seam to the energy layer's power-limit knob (set, read back, restore)."""
-
-    def __init__(self, mod: Any):
-        self.mod = mod
-
-    def check(self, watts: list[float]) -> None:
-        fn = getattr(self.mod, "check_power_cap", None)
-        if fn is not None:
-            for w in watts:
-                fn(w)
-
-    def context(self, watts: float) -> contextlib.AbstractContextManager:
-        return self.mod.power_cap(watts)
-
-
-def _cap_impl() -> _NvmlCap:
-    """Fails (before anything runs) on a machine where caps cannot be set."""
+def check_caps(watts: Sequence[float], nvml: Any = None) -> None:
+    """Refuse, before anything runs, caps that cannot be applied here: no NVML, no GPU, a
+    value outside a GPU's range, or no permission. Changes nothing."""
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        n = pynvml.nvmlDeviceGetCount()
-        pynvml.nvmlShutdown()
-    except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        raise KnobError(
-            f"--cap needs an NVIDIA GPU with NVML, and NVML is not usable here ({type(e).__name__}: {e}); "
-            "use --cap none on this machine"
-        ) from None
-    if n == 0:
-        raise KnobError("--cap: NVML sees no GPU; use --cap none on this machine")
-    for modname in ("mrw.replay.knobs", "mrw.replay.powercap", "mrw.replay.meters.powercap"):
-        try:
-            mod = __import__(modname, fromlist=["power_cap"])
-        except ImportError:
-            continue
-        if hasattr(mod, "power_cap"):
-            return _NvmlCap(mod)
-    raise KnobError("--cap: this mrw build has no power-cap knob (mrw.replay.knobs.power_cap); update mrw")
+        from mrw.replay import knobs as K
+        from mrw.replay.meters import nvml as nvmlmod
+    except ImportError:
+        raise KnobError("--cap: this mrw build has no power-cap knob (mrw.replay.knobs); update mrw") from None
+    try:
+        nv = nvmlmod.load_nvml(nvml)
+        nvmlmod.init(nv, "--cap needs NVML (an NVIDIA GPU and driver)")
+    except MrwError as e:
+        raise KnobError(f"{e}; use --cap none on this machine") from None
+    try:
+        visible, _ = nvmlmod.visible_gpus(nv)
+        if not visible:
+            raise KnobError("--cap: no GPU is visible to this process; use --cap none on this machine")
+        gpus = [K.GpuKnobs(g.cuda_index, g.uuid, g.name, handle=g.handle) for g in visible]
+        for w in watts:
+            K._validate(nv, gpus, w, None)  # range and permission (sets each limit to itself)
+    finally:
+        nvmlmod.shutdown(nv)
 
 
 # ---------------------------------------------------------------------------- engine
@@ -710,6 +722,13 @@ class EngineSlot:
         if self.cfg.warmup:
             self.warmup()
         return self.launch_info
+
+    def engine_extra(self) -> dict[str, Any]:
+        """What the replay's engine adapter and meters may use about an engine the sweep owns."""
+        if self.server is None or self.server.proc is None:
+            return {}
+        return {"engine_pid": self.server.proc.pid, "launched_by": "mrw sweep",
+                "launch_flags": self.launch_info["flags"] if self.launch_info else None}
 
     def warmup(self) -> None:
         """One short request, so that the first point does not pay for lazy initialisation."""
@@ -875,23 +894,46 @@ class SweepResult:
 
 
 class _Terminated(BaseException):
-    """SIGTERM between points: unwinds like Ctrl-C so the cap is restored and the engine stopped."""
+    """SIGTERM/SIGHUP: unwinds like Ctrl-C so the cap is restored and the engine stopped."""
+
+
+_TERM_SIGNALS = tuple(x for x in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if x)
+
+
+def _term_handler(signum: int, frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+def _install_term_handlers() -> None:
+    """(Re)install the SIGTERM/SIGHUP handlers. Needed after every replay: asyncio's
+    remove_signal_handler resets a signal to SIG_DFL when the replay's loop ends."""
+    for sig in _TERM_SIGNALS:
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(sig, _term_handler)
 
 
 @contextlib.contextmanager
 def _sigterm_raises() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise _Terminated()
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
+    prev = {}
+    for sig in _TERM_SIGNALS:
+        with contextlib.suppress(ValueError):
+            prev[sig] = signal.getsignal(sig)
+    _install_term_handlers()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, h in prev.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, h)
+
+
+def _terminated_types() -> tuple[type[BaseException], ...]:
+    try:
+        from mrw.replay.knobs import Terminated  # the knob layer's own SIGTERM exception
+
+        return (_Terminated, Terminated)
+    except ImportError:
+        return (_Terminated,)
 
 
 def _lock(root: Path) -> Any:
@@ -954,7 +996,8 @@ def write_point_file(run_dir: Path, st: PointState, traces: dict[str, TraceRef],
     write_atomic(run_dir / POINT_FILE, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
 
 
-def run_sweep(cfg: SweepConfig, *, argv: list[str] | None = None, progress: bool = True, dry_run: bool = False) -> SweepResult:
+def run_sweep(cfg: SweepConfig, *, argv: list[str] | None = None, progress: bool = True, dry_run: bool = False,
+              nvml: Any = None) -> SweepResult:
     """Run (or resume) a sweep. Raises KeyboardInterrupt after a clean stop on SIGINT/SIGTERM."""
     cfg.validate()
     root = Path(cfg.out)  # type: ignore[arg-type]
@@ -963,7 +1006,7 @@ def run_sweep(cfg: SweepConfig, *, argv: list[str] | None = None, progress: bool
     launches_needed, cap_changes = count_switches(points)
 
     # Checks that must fail before anything runs or is written.
-    caps = CapController(cfg.cap) if not dry_run else None
+    caps = CapController(cfg.cap, nvml=nvml) if not dry_run else None
     if cfg.url is not None and any(c is not None for c in cfg.cap):
         from urllib.parse import urlparse
 
@@ -1046,7 +1089,7 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
                 prog.status("preparing traces")
                 trace_files = prepare_traces(root, cfg, traces, [s.point for s in todo], model, log=prog.log)
                 slot = EngineSlot(root, cfg, model)
-            ropts = ReplayOptions(**cfg.replay)
+            ropts = ReplayOptions(**_coerce_replay(cfg.replay))
             for s in todo:
                 current = s
                 p = s.point
@@ -1070,7 +1113,8 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
                     man.launches.append(info)
                     prog.log(f"launched vLLM {info['launch']} in {info['startup_s']:.0f} s ({' '.join(info['flags'])})")
                 prog.status(f"{p.name}: setting cap" if p.cap is not None else f"{p.name}")
-                s.cap_effective_w = caps.set(p.cap)
+                knob_rec = caps.set(p.cap)
+                s.cap_effective_w = caps.effective_w
                 notes: list[str] = []
                 if cfg.reset_prefix_cache:
                     n = slot.reset_prefix_cache()  # type: ignore[union-attr]
@@ -1078,7 +1122,8 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
                         notes.append(n)
                 s.status, s.started, s.attempts, s.error = "running", _now(), s.attempts + 1, None
                 man.write()
-                eo = EngineOptions(url=slot.url, model=model.name if model is not None else None)  # type: ignore[union-attr]
+                eo = EngineOptions(url=slot.url, model=model.name if model is not None else None,  # type: ignore[union-attr]
+                                   extra=slot.engine_extra())  # type: ignore[union-attr]
                 trace_file = trace_files[p.trace_key]
                 t0 = time.perf_counter()
                 outcome = None
@@ -1090,13 +1135,17 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
                     if not run_dir.exists():  # failed before the run began: a setup problem, not the point
                         raise
                     s.status, s.error = "failed", str(e)
+                finally:
+                    _install_term_handlers()
                 s.duration_s = round(time.perf_counter() - t0, 3)
                 s.ended = _now()
                 if outcome is not None:
                     s.status = outcome.status
                     s.error = outcome.error
                 if run_dir.exists() and (run_dir / "run.json").exists():
-                    _finish_point(run_dir, s, by_label, trace_file, root, notes, slot)
+                    if knob_rec is not None:
+                        _write_knobs(run_dir, knob_rec)
+                    _finish_point(run_dir, s, by_label, trace_file, root, notes, slot, knob_rec)
                 man.write()
                 if s.status == "interrupted":
                     interrupted = p.name
@@ -1111,10 +1160,10 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
                     if not slot.alive():  # type: ignore[union-attr]
                         slot.stop()  # type: ignore[union-attr]
             current = None
-    except (KeyboardInterrupt, _Terminated) as e:
+    except (KeyboardInterrupt, *_terminated_types()) as e:  # type: ignore[misc]
         if current is not None and current.status == "running":
             current.status = "interrupted"
-            current.error = "interrupted by SIGTERM" if isinstance(e, _Terminated) else "interrupted"
+            current.error = "interrupted" if isinstance(e, KeyboardInterrupt) else "interrupted by SIGTERM/SIGHUP"
             interrupted = current.point.name
         man.status = "interrupted"
         raise KeyboardInterrupt from None
@@ -1140,13 +1189,36 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
     return SweepResult(root, total, completed, done_before, failed, interrupted, launches, time.perf_counter() - t_start)
 
 
+def _write_knobs(run_dir: Path, rec: dict[str, Any]) -> None:
+    """knobs.json as the knob layer writes it, for a cap the sweep holds across points (the
+    energy analysis reads the cap from it). `restored` stays null: the sweep restores the
+    limit when the cap changes or the sweep ends, and sweep.json's sessions say it did."""
+    doc = dict(rec)
+    doc["held_by"] = "mrw sweep (across consecutive points with this cap)"
+    write_atomic(run_dir / "knobs.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+
+
 def _finish_point(run_dir: Path, s: PointState, traces: dict[str, TraceRef], trace_file: Path, root: Path,
-                  notes: list[str], slot: EngineSlot | None) -> None:
-    """point.json and summary.json for a run directory (any status)."""
+                  notes: list[str], slot: EngineSlot | None, knob_rec: dict[str, Any] | None = None) -> None:
+    """point.json, the energy analysis and summary.json for a run directory (any status)."""
     extra: dict[str, Any] = {"notes": notes}
     if slot is not None and slot.launch_info is not None:
         extra["engine_launch"] = slot.launch_info
+    if knob_rec is not None:
+        extra["power_cap"] = knob_rec
     write_point_file(run_dir, s, traces, trace_file, root, extra)
+    if (run_dir / "energy.json").exists():
+        try:
+            from mrw.analysis.energy import finalize
+
+            doc = orjson.loads((run_dir / "energy.json").read_bytes())
+            if "windows" not in doc:
+                finalize(run_dir, max_num_seqs=s.point.batch)
+        except ImportError:
+            pass
+        except Exception as e:  # the raw energy.json stays; `mrw analyze` can redo this
+            extra["notes"].append(f"energy analysis failed: {type(e).__name__}: {e}")
+            write_point_file(run_dir, s, traces, trace_file, root, extra)
     try:
         from mrw.analysis.summary import summarize
 
