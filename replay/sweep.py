@@ -19,8 +19,9 @@ with SIGKILL loses nothing that finished.
 
 Order: points are grouped by launch-time knobs (batch size, prefix caching, model length),
 so the engine is launched once per group; within a group repeats are outermost (spreading
-them in time), then power caps (changed between points through NVML, never by relaunching),
-then traces and length scales. Before each point the engine's prefix cache is reset, so a
+them in time), then power caps (changed between points through NVML, never by relaunching; in snake
+order, so that one block ends at the cap the next begins with), then traces and length
+scales. Before each point the engine's prefix cache is reset, so a
 point never profits from the KV cache its predecessor left behind and results do not depend
 on the order (or on where a resume started).
 """
@@ -96,7 +97,7 @@ def parse_list(value: str | Sequence[Any] | None, kind: str, name: str) -> list[
                     v: Any = it
                 elif str(it).lower() in ("true", "on", "yes", "1"):
                     v = True
-                elif str(it).lower() in ("false", "no", "0"):
+                elif str(it).lower() in ("false", "off", "no", "0"):
                     v = False
                 else:
                     raise ValueError(it)
@@ -392,13 +393,18 @@ def trace_refs(paths: Sequence[str]) -> list[TraceRef]:
 
 
 def expand(cfg: SweepConfig, traces: Sequence[TraceRef]) -> list[Point]:
-    """Every point of the grid, in run order (see the module docstring)."""
+    """Every point of the grid, in run order (see the module docstring). The cap order
+    alternates from one block to the next (snake order), so consecutive blocks meet at the
+    same cap and no limit is changed at the seam."""
     points: list[Point] = []
+    block = 0
     for batch in cfg.batch:
         for pc in cfg.prefix_caching:
             for mml in cfg.max_model_len:
                 for rep in range(1, cfg.repeat + 1):
-                    for cap in cfg.cap:
+                    caps = cfg.cap if block % 2 == 0 else list(reversed(cfg.cap))
+                    block += 1
+                    for cap in caps:
                         for t in traces:
                             for o in cfg.out_scale:
                                 for i in cfg.in_scale:
