@@ -36,6 +36,8 @@ from mrw.errors import MrwError
 
 ANALYSIS_DIR = "analysis"
 
+TEXT_COLUMNS = {"point", "run_dir", "trace", "workload", "engine", "status", "trace_sha256", "energy_domains", "energy_status"}
+
 # The knob columns that identify a point (repeats share them).
 KEY_COLUMNS = ["trace", "workload", "engine", "batch", "prefix_caching", "max_model_len", "cap_w", "out_scale", "in_scale"]
 
@@ -250,6 +252,9 @@ def runs_frame(rows: Iterable[dict[str, Any]]):
     df = pd.DataFrame(list(rows))
     if df.empty:
         return df
+    for c in df.columns:  # metrics are numbers, also when no run measured them (all empty)
+        if c not in TEXT_COLUMNS and c not in ("batch", "max_model_len", "repeat", "prefix_caching"):
+            df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     for c in ("batch", "max_model_len", "repeat"):
         if c in df:
             df[c] = df[c].astype("Int64")
