@@ -289,13 +289,23 @@ def fig_pareto(agg, out: Path, ax_e: EnergyAxis | None) -> FigureResult:
         xs = [float(r["makespan_mean_s"]) for r in rows]
         ys = [float(r[ax_e.per_workflow]) for r in rows]
         front = pareto_front(xs, ys)
-        ax.scatter(xs, ys, s=28, color="tab:gray", alpha=0.7, label="sweep points", zorder=2)
+        batches = list(dict.fromkeys(None if _isnull(r.get("batch")) else int(r["batch"]) for r in rows))
+        for j, b in enumerate(batches):
+            idx = [i for i, r in enumerate(rows) if (None if _isnull(r.get("batch")) else int(r["batch"])) == b]
+            ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], s=28, color=f"C{j % 10}", alpha=0.75, zorder=2,
+                       label=f"batch {b}" if b is not None else "batch default")
         fx = [xs[i] for i in front]
         fy = [ys[i] for i in front]
         ax.step(fx, fy, where="post", color="tab:red", alpha=0.6, zorder=1)
-        ax.scatter(fx, fy, s=70, facecolors="none", edgecolors="tab:red", linewidths=1.8, label="Pareto frontier", zorder=3)
-        for i in front:
-            ax.annotate(_label(rows[i], vary), (xs[i], ys[i]), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        ax.scatter(fx, fy, s=90, facecolors="none", edgecolors="tab:red", linewidths=1.8, label="Pareto frontier", zorder=3)
+        # number the frontier points; the key says what each one is
+        key = []
+        for n, i in enumerate(front, 1):
+            ax.annotate(str(n), (xs[i], ys[i]), textcoords="offset points", xytext=(6, 4), fontsize=8, color="tab:red")
+            key.append(f"{n}: {_label(rows[i], vary)}")
+        ax.text(0.98, 0.60, "frontier\n" + "\n".join(key[:14]) + ("\n..." if len(key) > 14 else ""), transform=ax.transAxes,
+                ha="right", va="top", fontsize=7, family="monospace",
+                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
         _style(ax, f"{tr}: latency vs energy", "workflow makespan, mean (s)", ax_e.label_workflow)
         ax.legend(fontsize=8)
     for k in range(len(traces), nrows * ncols):
