@@ -3,7 +3,8 @@
 Sweep figures (SWEEP_DIR/analysis/figures/):
   energy_per_token_vs_batch.png  energy per output token against batch size, one line per
                                  workload (other knobs at their reference values)
-  pareto_latency_energy.png      workflow makespan against energy per workflow, every point,
+  pareto_latency_energy.png      workflow makespan against energy per workflow for every
+                                 serving configuration (batch, cap, ...) at one length scale,
                                  the Pareto frontier (lower is better on both) marked
   cap_energy_latency.png         energy per output token and makespan against the power cap
   energy_vs_output_length.png    energy per workflow against output tokens per workflow, a
@@ -274,9 +275,12 @@ def fig_pareto(agg, out: Path, ax_e: EnergyAxis | None) -> FigureResult:
     name = "pareto_latency_energy"
     if ax_e is None:
         return FigureResult(name, reason=NO_ENERGY)
-    df = agg[agg[ax_e.per_workflow].notna() & agg["makespan_mean_s"].notna()]
+    # Length scales change the work itself (half the output is not a cheaper way to do the
+    # same thing), so the frontier is taken over the serving knobs only, at one length.
+    df, held = _fix(agg, {"batch", "cap_w", "prefix_caching", "max_model_len"})
+    df = df[df[ax_e.per_workflow].notna() & df["makespan_mean_s"].notna()]
     if len(df) < 2:
-        return FigureResult(name, reason="needs at least two points with both a makespan and an energy value")
+        return FigureResult(name, reason="needs at least two points (batch sizes, caps, ...) with both a makespan and an energy value")
     traces = list(dict.fromkeys(df["trace"].tolist()))
     plt = _plt()
     ncols = min(len(traces), 3)
@@ -306,7 +310,7 @@ def fig_pareto(agg, out: Path, ax_e: EnergyAxis | None) -> FigureResult:
         ax.text(0.98, 0.60, "frontier\n" + "\n".join(key[:14]) + ("\n..." if len(key) > 14 else ""), transform=ax.transAxes,
                 ha="right", va="top", fontsize=7, family="monospace",
                 bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
-        _style(ax, f"{tr}: latency vs energy", "workflow makespan, mean (s)", ax_e.label_workflow)
+        _style(ax, f"{tr}: latency vs energy" + (f"\n{_held_text(held)}" if held else ""), "workflow makespan, mean (s)", ax_e.label_workflow)
         ax.legend(fontsize=8)
     for k in range(len(traces), nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
