@@ -661,6 +661,7 @@ def check_caps(watts: Sequence[float], nvml: Any = None) -> None:
     except MrwError as e:
         raise KnobError(f"{e}; use --cap none on this machine") from None
     try:
+        K.restore_pending(nv)  # a limit left by a killed mrw is put back before it is read as the original
         visible, _ = nvmlmod.visible_gpus(nv)
         if not visible:
             raise KnobError("--cap: no GPU is visible to this process; use --cap none on this machine")

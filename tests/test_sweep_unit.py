@@ -198,3 +198,31 @@ def test_directory_lock(tmp_path):
         held.close()
     assert sw.run_sweep(cfg, progress=False, dry_run=True).total == 1
     assert os.path.exists(root / "sweep.json")
+
+
+def test_resume_trusts_run_directories(tmp_path):
+    """A point is finished when its run.json says completed; a run.json still 'running'
+    whose process is gone (SIGKILL) is abandoned and gets redone."""
+    import socket
+    import subprocess
+    import sys
+
+    import orjson
+
+    cfg = _cfg(tmp_path, batch=[1, 4])
+    root = Path(cfg.out)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    base = {"format": "mrw-run", "version": 1, "error": None, "host": {"hostname": socket.gethostname()}}
+    runs = root / "runs"
+    (runs / "mix-b1-capnone-out1-in1-r1").mkdir(parents=True)
+    (runs / "mix-b1-capnone-out1-in1-r1" / "run.json").write_bytes(orjson.dumps({**base, "status": "completed", "pid": dead.pid}))
+    (runs / "mix-b4-capnone-out1-in1-r1").mkdir(parents=True)
+    (runs / "mix-b4-capnone-out1-in1-r1" / "run.json").write_bytes(orjson.dumps({**base, "status": "running", "pid": dead.pid}))
+    assert sw._point_status(runs / "mix-b1-capnone-out1-in1-r1") == "completed"
+    assert sw._point_status(runs / "mix-b4-capnone-out1-in1-r1") == "abandoned"
+    res = sw.run_sweep(cfg, progress=False, dry_run=True)
+    man = sw.read_manifest(root)
+    assert [(p["name"], p["status"]) for p in man["points"]] == [
+        ("mix-b1-capnone-out1-in1-r1", "completed"), ("mix-b4-capnone-out1-in1-r1", "pending")]
+    assert (res.completed, res.total) == (1, 2)
