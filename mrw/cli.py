@@ -200,15 +200,17 @@ def sweep(traces: tuple[Path, ...], config: Path | None, out: Path | None, engin
         if val is not None:
             cfg.replay[name] = val
     cfg.validate()
-    for line in sw.plan_lines(cfg):
-        console.print(line, highlight=False)
+
+    def log(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True)
+
     if dry_run:
-        res = sw.run_sweep(cfg, argv=sys.argv, progress=False, dry_run=True)
+        res = sw.run_sweep(cfg, argv=sys.argv, progress=False, dry_run=True, log=log)
         st = {d["name"]: d["status"] for d in sw.read_manifest(res.root)["points"]}
         for name, status in st.items():
             click.echo(f"{status:10} {name}")
         return
-    res = sw.run_sweep(cfg, argv=sys.argv, progress=not quiet)
+    res = sw.run_sweep(cfg, argv=sys.argv, progress=not quiet, log=log)
     ran = res.completed - res.skipped
     console.print(
         f"sweep {res.root}: {res.completed}/{res.total} points completed ({res.skipped} before this run, {ran} now, "

@@ -1004,8 +1004,9 @@ def write_point_file(run_dir: Path, st: PointState, traces: dict[str, TraceRef],
 
 
 def run_sweep(cfg: SweepConfig, *, argv: list[str] | None = None, progress: bool = True, dry_run: bool = False,
-              nvml: Any = None) -> SweepResult:
-    """Run (or resume) a sweep. Raises KeyboardInterrupt after a clean stop on SIGINT/SIGTERM."""
+              nvml: Any = None, log: Any = None) -> SweepResult:
+    """Run (or resume) a sweep. Raises KeyboardInterrupt after a clean stop on SIGINT/SIGTERM.
+    `log(line)` gets the plan once the checks have passed."""
     cfg.validate()
     root = Path(cfg.out)  # type: ignore[arg-type]
     traces = trace_refs(cfg.traces)
@@ -1021,6 +1022,9 @@ def run_sweep(cfg: SweepConfig, *, argv: list[str] | None = None, progress: bool
         if host not in ("localhost", "127.0.0.1", "::1", "0.0.0.0"):
             raise SweepError(f"--cap limits this machine's GPUs, but the engine runs at {host}; run the sweep on that host")
 
+    if log is not None:
+        for line in plan_lines(cfg):
+            log(line)
     root.mkdir(parents=True, exist_ok=True)
     lockf = _lock(root)
     try:
@@ -1257,15 +1261,24 @@ def finalize_completed(root: Path) -> int:
     return fixed
 
 
+def _axis(vals: Sequence[Any]) -> str:
+    return ",".join("none" if v is None else (("on" if v else "off") if isinstance(v, bool) else fmt_num(v)) for v in vals)
+
+
 def plan_lines(cfg: SweepConfig) -> list[str]:
-    """A human summary of what the sweep will do (for --dry-run and the first log lines)."""
+    """A human summary of what the sweep will do (printed before it starts, and by --dry-run)."""
     traces = trace_refs(cfg.traces)
     pts = expand(cfg, traces)
     launches, caps = count_switches(pts)
+    axes = [f"{len(traces)} trace(s)", f"batch {_axis(cfg.batch)}", f"cap {_axis(cfg.cap)}",
+            f"out-scale {_axis(cfg.out_scale)}", f"in-scale {_axis(cfg.in_scale)}"]
+    if cfg.prefix_caching != [None]:
+        axes.append(f"prefix-caching {_axis(cfg.prefix_caching)}")
+    if cfg.max_model_len != [None]:
+        axes.append(f"max-model-len {_axis(cfg.max_model_len)}")
+    axes.append(f"{cfg.repeat} repeat(s)")
     return [
-        f"{len(pts)} points: {len(traces)} trace(s) x batch {cfg.batch} x cap {cfg.cap} x out-scale {cfg.out_scale} "
-        f"x in-scale {cfg.in_scale}" + (f" x prefix-caching {cfg.prefix_caching}" if cfg.prefix_caching != [None] else "")
-        + (f" x max-model-len {cfg.max_model_len}" if cfg.max_model_len != [None] else "") + f" x {cfg.repeat} repeat(s)",
+        f"{len(pts)} points: " + " x ".join(axes),
         f"engine launches: {launches if cfg.launches_engine else 0}, power-cap changes: {caps}",
     ]
 
