@@ -115,6 +115,7 @@ def energy_columns(summary: dict[str, Any], run_dir: Path, out_tokens: int, all_
         "energy_gpu_j": None, "energy_cpu_j": None, "energy_dram_j": None, "energy_j": None, "energy_domains": None,
         "energy_net_j": None, "j_per_output_token": None, "j_per_token": None, "j_per_workflow": None,
         "gpu_j_per_output_token": None, "avg_power_w": None, "avg_power_gpu_w": None, "gpu_util_pct": None,
+        "steady_j_per_output_token": None, "steady_avg_power_w": None,
         "engine_cpu_s": None, "harness_cpu_s": None, "engine_cpu_ms_per_output_token": None, "engine_cpu_s_per_workflow": None,
         "energy_status": None,
     }
@@ -122,26 +123,52 @@ def energy_columns(summary: dict[str, Any], run_dir: Path, out_tokens: int, all_
         return cols
     cols["energy_status"] = doc.get("status")
     run = doc.get("run") or {}
-    ej = run.get("energy_j") or {}
     dur = run.get("duration_s")
-    for dom in ("gpu", "cpu", "dram"):
-        v = ej.get(dom)
-        cols[f"energy_{dom}_j"] = float(v) if isinstance(v, (int, float)) else None
-    measured = [d for d in ("gpu", "cpu", "dram") if cols[f"energy_{d}_j"] is not None]
-    if measured:
-        total = sum(cols[f"energy_{d}_j"] for d in measured)
-        cols["energy_j"] = total
-        cols["energy_domains"] = "+".join(measured)
-        cols["j_per_output_token"] = _div(total, out_tokens)
-        cols["j_per_token"] = _div(total, all_tokens)
-        cols["j_per_workflow"] = _div(total, workflows)
-        cols["avg_power_w"] = _div(total, dur)
-        base = (doc.get("baseline") or {}).get("avg_power_w") or {}
-        if dur and all(isinstance(base.get(d), (int, float)) for d in measured):
-            cols["energy_net_j"] = total - sum(base[d] for d in measured) * dur
-    if cols["energy_gpu_j"] is not None:
-        cols["gpu_j_per_output_token"] = _div(cols["energy_gpu_j"], out_tokens)
-        cols["avg_power_gpu_w"] = _div(cols["energy_gpu_j"], dur)
+    win = (doc.get("windows") or {}).get("run")
+    if isinstance(win, dict) and isinstance(win.get("domains"), dict):
+        # finalised by the energy layer (mrw.analysis.energy.finalize): use its numbers
+        doms = win["domains"]
+        for dom in ("gpu", "cpu", "dram"):
+            v = (doms.get(dom) or {}).get("gross_j")
+            cols[f"energy_{dom}_j"] = float(v) if isinstance(v, (int, float)) else None
+        allw = win.get("all") or {}
+        if isinstance(allw.get("gross_j"), (int, float)):
+            cols["energy_j"] = float(allw["gross_j"])
+            cols["energy_domains"] = "+".join(allw.get("domains") or [])
+            cols["energy_net_j"] = allw.get("net_j")
+            cols["j_per_output_token"] = _div(cols["energy_j"], out_tokens)
+            cols["j_per_token"] = _div(cols["energy_j"], all_tokens)
+            cols["j_per_workflow"] = _div(cols["energy_j"], workflows)
+            cols["avg_power_w"] = allw.get("avg_power_w")
+        g = doms.get("gpu") or {}
+        cols["gpu_j_per_output_token"] = _div(g.get("gross_j"), out_tokens)
+        cols["avg_power_gpu_w"] = g.get("avg_power_w")
+        steady = (doc.get("windows") or {}).get("steady") or {}
+        sa = steady.get("all") or {}
+        cols["steady_j_per_output_token"] = sa.get("j_per_output_token") if steady.get("available") else None
+        cols["steady_avg_power_w"] = sa.get("avg_power_w") if steady.get("available") else None
+        dur = win.get("duration_s", dur)
+    else:
+        # raw meter output (not finalised): counter differences over the run window
+        ej = run.get("energy_j") or {}
+        for dom in ("gpu", "cpu", "dram"):
+            v = ej.get(dom)
+            cols[f"energy_{dom}_j"] = float(v) if isinstance(v, (int, float)) else None
+        measured = [d for d in ("gpu", "cpu", "dram") if cols[f"energy_{d}_j"] is not None]
+        if measured:
+            total = sum(cols[f"energy_{d}_j"] for d in measured)
+            cols["energy_j"] = total
+            cols["energy_domains"] = "+".join(measured)
+            cols["j_per_output_token"] = _div(total, out_tokens)
+            cols["j_per_token"] = _div(total, all_tokens)
+            cols["j_per_workflow"] = _div(total, workflows)
+            cols["avg_power_w"] = _div(total, dur)
+            base = (doc.get("baseline") or {}).get("avg_power_w") or {}
+            if dur and all(isinstance(base.get(d), (int, float)) for d in measured):
+                cols["energy_net_j"] = total - sum(base[d] for d in measured) * dur
+        if cols["energy_gpu_j"] is not None:
+            cols["gpu_j_per_output_token"] = _div(cols["energy_gpu_j"], out_tokens)
+            cols["avg_power_gpu_w"] = _div(cols["energy_gpu_j"], dur)
     cpu_s = run.get("cpu_s") or {}
     if isinstance(cpu_s.get("engine_cpu"), (int, float)):
         cols["engine_cpu_s"] = float(cpu_s["engine_cpu"])

@@ -140,3 +140,39 @@ def test_power_timeline_from_real_meter_files(tmp_path, monkeypatch):
     empty.mkdir()
     f = fg.fig_timeline_run(empty, tmp_path / "none.png", "x", None)
     assert f.path is None and "no power samples" in f.reason
+
+
+def test_energy_columns_from_finalised_meter_files(tmp_path):
+    """Table energy columns from an energy.json the real meters wrote (GPU through the fake
+    NVML binding at a constant 150 W) and the energy layer finalised."""
+    fake_nvml = pytest.importorskip("fake_nvml", reason="tests/fake_nvml.py comes with the energy layer")
+    import orjson
+
+    from mrw.analysis.energy import finalize
+    from mrw.replay.meters import MeterSet
+
+    nv = fake_nvml.FakeNvml([fake_nvml.FakeGpu("GPU-aaaa", energy_j=lambda t: 150.0 * t)])
+    run = tmp_path / "run"
+    with MeterSet.for_run(run, meters="nvml", baseline_s=0.3, period_s=0.02, nvml=nv) as m:
+        time.sleep(1.0)
+        t = m.clock() - m.t0
+    reqs = [{"call_id": f"c{i}", "workflow_id": f"w{i % 2}", "node": "n", "ok": True, "t_issue": 0.1 * i,
+             "t_first_token": 0.1 * i + 0.05, "t_end": min(0.1 * i + 0.4, t), "input_tokens": 50, "output_tokens": 25}
+            for i in range(4)]
+    (run / "requests.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in reqs))
+    doc = finalize(run)
+    cols = st.energy_columns({"energy": doc}, run, out_tokens=100, all_tokens=300, workflows=2)
+    dur = doc["windows"]["run"]["duration_s"]
+    assert cols["energy_gpu_j"] == pytest.approx(150.0 * dur, rel=0.02)
+    assert cols["energy_j"] == cols["energy_gpu_j"] and cols["energy_domains"] == "gpu"
+    assert cols["energy_cpu_j"] is None and cols["energy_dram_j"] is None  # not metered: empty, not 0
+    assert cols["j_per_output_token"] == pytest.approx(cols["energy_j"] / 100)
+    assert cols["j_per_token"] == pytest.approx(cols["energy_j"] / 300)
+    assert cols["j_per_workflow"] == pytest.approx(cols["energy_j"] / 2)
+    assert cols["avg_power_gpu_w"] == pytest.approx(150.0, rel=0.02)
+    assert cols["energy_net_j"] == pytest.approx(0.0, abs=0.05 * cols["energy_j"])  # constant power: all of it is idle
+    # the same columns from the raw (not finalised) meter output
+    raw = orjson.loads((run / "energy.json").read_bytes())
+    raw.pop("windows")
+    cols_raw = st.energy_columns({"energy": raw}, run, out_tokens=100, all_tokens=300, workflows=2)
+    assert cols_raw["energy_j"] == pytest.approx(cols["energy_j"]) and cols_raw["energy_domains"] == "gpu"
