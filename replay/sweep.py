@@ -1091,6 +1091,7 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
     model = None
     slot: EngineSlot | None = None
     current: PointState | None = None
+    bad_launch: dict[tuple, str] = {}
     try:
         with _sigterm_raises():
             if todo:
@@ -1109,14 +1110,21 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
                     moved = _move_aside(root, run_dir)
                     prog.log(f"{p.name}: earlier attempt was not completed; kept in {moved.relative_to(root)}, redoing it")
                 # A group whose launch failed: its other points fail at once, without retrying.
+                if p.launch_key in bad_launch:
+                    s.status, s.error = "failed", bad_launch[p.launch_key]
+                    failed.append(p.name)
+                    man.write()
+                    prog.point_done()
+                    continue
                 try:
                     info = slot.ensure(p, on_status=prog.status)  # type: ignore[union-attr]
                 except LaunchError as e:
                     s.status, s.error = "failed", f"engine launch failed: {e}"
+                    bad_launch[p.launch_key] = s.error
                     failed.append(p.name)
                     man.launches.append({"launch": p.launch_name, "error": str(e), "started": _now()})
                     man.write()
-                    prog.log(f"{p.name}: {s.error}")
+                    prog.log(f"{p.name}: {s.error} (the other points of {p.launch_name} are skipped)")
                     prog.point_done()
                     continue
                 if info is not None:
