@@ -139,3 +139,23 @@ def test_sweep_interrupt_resume_analyze(tiny, tmp_path):
     assert "B − A" in res.stdout and "makespan mean" in res.stdout
     res = _mrw("compare", str(out / "runs" / POINTS[0]), str(out / "runs" / POINTS[3]))
     assert "different length-scalings of one trace" in res.stdout + res.stderr
+
+
+def test_failed_launch_fails_its_group_once(tiny, tmp_path):
+    """An engine that cannot start (a bad flag here) fails its group's points with the reason,
+    is tried once per group, and the command exits 1 naming them; nothing is left running."""
+    from conftest import _need_vllm
+
+    _need_vllm()
+    trace = write_trace(tmp_path / "mix.json", tiny.path)
+    out = tmp_path / "sw"
+    res = _mrw("sweep", str(trace), "--out-scale", "0.5,1", "--model", "tiny", "--out", str(out), "-q",
+               "--engine-arg=--no-such-vllm-flag")
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "2 point(s) failed" in res.stderr
+    man = orjson.loads((out / "sweep.json").read_bytes())
+    assert [p["status"] for p in man["points"]] == ["failed", "failed"]
+    assert all("engine launch failed" in p["error"] for p in man["points"])
+    assert len(man["launches"]) == 1 and "error" in man["launches"][0]
+    assert man["status"] == "completed with failures"
+    assert (out / "engines" / "vllm-bdef.log").exists()
