@@ -250,9 +250,11 @@ class SweepConfig:
                 )
         if not launched and self.gpu_memory_utilization is not None:
             raise SweepError("--gpu-memory-utilization needs an engine the sweep launches (vllm without --url)")
-        bad = set(self.replay) - set(REPLAY_OPTION_TYPES) - set(_replay_option_names())
+        known = set(_replay_option_names() or REPLAY_OPTION_TYPES)
+        bad = set(self.replay) - known
         if bad:
-            raise SweepError(f"unknown replay option(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(_replay_option_names() or REPLAY_OPTION_TYPES))}")
+            raise SweepError(f"unknown replay option(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(known))}")
+        _coerce_replay(self.replay)
 
     @property
     def launches_engine(self) -> bool:
