@@ -242,7 +242,7 @@ def compare(run_a: Path, run_b: Path, as_json: bool) -> None:
     print_comparison(cmp, out)
 
 
-def _analyze_sweep(path: Path, *, figures: bool = True) -> bool:
+def _analyze_sweep(path: Path, *, figures: bool = True, as_json: bool = False) -> bool:
     """`mrw analyze SWEEP_DIR`: the sweep table and figures. False if `path` is no sweep."""
     from mrw.replay.sweep import MANIFEST
 
@@ -250,7 +250,11 @@ def _analyze_sweep(path: Path, *, figures: bool = True) -> bool:
         return False
     from mrw.analysis.sweep_table import analyze_sweep
 
-    analyze_sweep(path, out, figures=figures)
+    res = analyze_sweep(path, None if as_json else out, figures=figures)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(res, option=orjson.OPT_INDENT_2).decode())
     return True
 
 
@@ -355,11 +359,14 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
               help="Where the comparison figure of several runs goes.")
 def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_write: bool, plot: bool, plot_out: Path) -> None:
     """Summarise run directories: throughput, TTFT/TPOT/E2E, makespans, critical paths, energy.
-    Several RUN_DIRS are compared side by side."""
+    Several RUN_DIRS are compared side by side. A SWEEP_DIR (from mrw sweep) gives the sweep's
+    table and figures."""
     import orjson
 
     from mrw.analysis import summary as sm
 
+    if len(run_dirs) == 1 and _analyze_sweep(run_dirs[0], as_json=as_json):
+        return
     sums = [sm.summarize(d, write=not no_write) for d in run_dirs]
     if plot:
         from mrw.analysis.plots import plot_compare, plot_run
