@@ -125,7 +125,7 @@ def test_energy_figures_fall_back_to_cpu_time_or_skip(tmp_path):
 
 
 def test_power_timeline_from_real_meter_files(tmp_path, monkeypatch):
-    fake_nvml = pytest.importorskip("fake_nvml", reason="tests/fake_nvml.py comes with the energy layer")
+    import fake_nvml
     from mrw.replay.meters import MeterSet
 
     nv = fake_nvml.FakeNvml([fake_nvml.FakeGpu("GPU-aaaa", energy_j=fake_nvml.sine_energy(250, 80, 0.5))])
@@ -145,7 +145,7 @@ def test_power_timeline_from_real_meter_files(tmp_path, monkeypatch):
 def test_energy_columns_from_finalised_meter_files(tmp_path):
     """Table energy columns from an energy.json the real meters wrote (GPU through the fake
     NVML binding at a constant 150 W) and the energy layer finalised."""
-    fake_nvml = pytest.importorskip("fake_nvml", reason="tests/fake_nvml.py comes with the energy layer")
+    import fake_nvml
     import orjson
 
     from mrw.analysis.energy import finalize

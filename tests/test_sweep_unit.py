@@ -137,7 +137,7 @@ def test_cap_without_nvml_fails_before_anything_runs(tmp_path):
 
 @pytest.fixture
 def fake_gpu(tmp_path, monkeypatch):
-    fake_nvml = pytest.importorskip("fake_nvml", reason="tests/fake_nvml.py comes with the energy layer")
+    import fake_nvml
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the knob layer's pending files
     return fake_nvml.FakeNvml([fake_nvml.FakeGpu("GPU-aaaa", min_mw=200_000, max_mw=700_000, limit_mw=700_000)])
 
