@@ -7,14 +7,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import matplotlib.image as mpimg
 import numpy as np
+import pandas as pd
 import pytest
 
-pd = pytest.importorskip("pandas")
-mpimg = pytest.importorskip("matplotlib.image")
-
-from mrw.analysis import figures as fg  # noqa: E402
-from mrw.analysis import sweep_table as st  # noqa: E402
+from mrw.analysis import figures as fg
+from mrw.analysis import sweep_table as st
 
 
 def assert_png(path: str | Path, size_px: tuple[int, int] | None = None, min_colors: int = 8) -> np.ndarray:

@@ -116,7 +116,9 @@ def test_sweep_interrupt_resume_analyze(tiny, tmp_path):
     b1 = {n: r for n, r in rows.items() if "-b1-" in n}
     # half the output length: fewer output tokens in the run (the transform reached the engine)
     assert int(float(b1[POINTS[0]]["output_tokens"])) < int(float(b1[POINTS[1]]["output_tokens"]))
-    pq = pytest.importorskip("pandas").read_parquet(out / "analysis" / "sweep.parquet")
+    import pandas as pd
+
+    pq = pd.read_parquet(out / "analysis" / "sweep.parquet")
     assert len(pq) == 4 and set(pq["n"]) == {1}
 
     # 4. figures: every one drawn is a real PNG of its stated size; the others say why not
