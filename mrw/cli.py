@@ -137,6 +137,126 @@ def info(file: Path, as_json: bool, show_workflows: bool) -> None:
             )
         out.print(wt)
 
+# ---------------------------------------------------------------------------- sweep / compare
+
+
+@cli.command()
+@click.argument("traces", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--config", "-c", "config", type=click.Path(path_type=Path), help="TOML file with the sweep (command-line values win).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Sweep directory (one run directory per point inside).")
+@click.option("--engine", "-e", help="Engine adapter (default vllm, launched per batch size).")
+@click.option("--url", help="Attach to a running server instead of launching (launch-time axes must stay unset).")
+@click.option("--model", help="Model to launch: default (SmolLM2 on CPU), tiny, or a model folder.")
+@click.option("--batch", help="Batch sizes (vLLM --max-num-seqs), e.g. 1,8,32,128; 'none' = engine default.")
+@click.option("--cap", help="GPU power caps in W, e.g. none,300,200 ('none' = the card's own limit).")
+@click.option("--out-scale", help="Output-length scales, e.g. 0.5,1,2 (docs/sweeps.md says how).")
+@click.option("--in-scale", help="Input-length scales, e.g. 0.5,1,2.")
+@click.option("--prefix-caching", help="Prefix caching per point: on,off (default: the engine's).")
+@click.option("--max-model-len", help="vLLM --max-model-len values, e.g. 4096.")
+@click.option("--repeat", type=click.IntRange(min=1), help="Repeat each point N times (reported as mean and spread).")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.0, 1.0, min_open=True), help="vLLM --gpu-memory-utilization.")
+@click.option("--engine-arg", "engine_args", multiple=True, help="Extra launch argument for vLLM, verbatim (repeatable).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port for the launched engine (default: a free one).")
+@click.option("--time-scale", type=float, help="Multiply recorded arrival offsets (as in mrw replay).")
+@click.option("--wait-scale", type=float, help="Multiply recorded tool/think waits.")
+@click.option("--rate", type=float, help="Poisson arrivals, workflows/s.")
+@click.option("--seed", type=int, help="Seed of the Poisson arrivals.")
+@click.option("--workflows", "max_workflows", type=click.IntRange(min=1), help="Replay only the first N workflows of each trace.")
+@click.option("--count-tokens", type=click.Choice(["auto", "model", "estimate"]), help="How scaled traces get input_tokens (default auto: the served model's tokenizer when it is the trace's).")
+@click.option("--reset-prefix-cache/--no-reset-prefix-cache", default=None, help="Empty the engine's prefix cache before each point (default on).")
+@click.option("--dry-run", is_flag=True, help="Print the points in run order and what is done already; run nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+def sweep(traces: tuple[Path, ...], config: Path | None, out: Path | None, engine: str | None, url: str | None, model: str | None,
+          batch: str | None, cap: str | None, out_scale: str | None, in_scale: str | None, prefix_caching: str | None,
+          max_model_len: str | None, repeat: int | None, gpu_memory_utilization: float | None, engine_args: tuple[str, ...],
+          port: int | None, time_scale: float | None, wait_scale: float | None, rate: float | None, seed: int | None,
+          max_workflows: int | None, count_tokens: str | None, reset_prefix_cache: bool | None, dry_run: bool, quiet: bool) -> None:
+    """Replay TRACES over a grid of knobs, one run directory per point; rerun to resume.
+
+    The engine is relaunched only when a launch-time knob (batch size, prefix caching, model
+    length) changes; the power cap changes between points without a relaunch. Then:
+    mrw analyze SWEEP_DIR."""
+    import shlex
+
+    from mrw.replay import sweep as sw
+
+    cfg = sw.SweepConfig.from_toml(config) if config else sw.SweepConfig()
+    if traces:
+        cfg.traces = [str(t) for t in traces]
+    for name, val, kind in (("batch", batch, "int"), ("cap", cap, "cap"), ("out_scale", out_scale, "float"),
+                            ("in_scale", in_scale, "float"), ("prefix_caching", prefix_caching, "bool"),
+                            ("max_model_len", max_model_len, "int")):
+        if val is not None:
+            setattr(cfg, name, sw.parse_list(val, kind, name.replace("_", "-")))
+    for name, val in (("out", out), ("engine", engine), ("url", url), ("model", model), ("repeat", repeat),
+                      ("gpu_memory_utilization", gpu_memory_utilization), ("port", port), ("count_tokens", count_tokens),
+                      ("reset_prefix_cache", reset_prefix_cache)):
+        if val is not None:
+            setattr(cfg, name, str(val) if isinstance(val, Path) else val)
+    if engine_args:
+        cfg.engine_args = [a for arg in engine_args for a in shlex.split(arg)]
+    for name, val in (("time_scale", time_scale), ("wait_scale", wait_scale), ("rate", rate), ("seed", seed),
+                      ("max_workflows", max_workflows)):
+        if val is not None:
+            cfg.replay[name] = val
+    cfg.validate()
+
+    def log(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True)
+
+    if dry_run:
+        res = sw.run_sweep(cfg, argv=sys.argv, progress=False, dry_run=True, log=log)
+        st = {d["name"]: d["status"] for d in sw.read_manifest(res.root)["points"]}
+        for name, status in st.items():
+            click.echo(f"{status:10} {name}")
+        return
+    res = sw.run_sweep(cfg, argv=sys.argv, progress=not quiet, log=log)
+    ran = res.completed - res.skipped
+    console.print(
+        f"sweep {res.root}: {res.completed}/{res.total} points completed ({res.skipped} before this run, {ran} now, "
+        f"{res.launches} engine launch(es), {res.wall_s:.0f} s)",
+        highlight=False, soft_wrap=True,
+    )
+    if res.failed:
+        raise sw.SweepError(f"{len(res.failed)} point(s) failed ({', '.join(res.failed[:3])}{', ...' if len(res.failed) > 3 else ''}); "
+                            f"see {res.root}/sweep.json; rerun the same command to retry them")
+    console.print(f"next: mrw analyze {res.root}", highlight=False)
+
+
+@cli.command()
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(run_a: Path, run_b: Path, as_json: bool) -> None:
+    """Two runs side by side (e.g. Parrot vs vLLM on one trace): B − A and (B − A) / A."""
+    import orjson
+
+    from mrw.analysis.compare import compare_runs, print_comparison
+
+    cmp = compare_runs(run_a, run_b)
+    if as_json:
+        click.echo(orjson.dumps(cmp.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        for w in cmp.warnings:
+            console.print(f"warning: {w}", style="yellow", highlight=False, soft_wrap=True)
+        return
+    print_comparison(cmp, out)
+
+
+def _analyze_sweep(path: Path, *, figures: bool = True, as_json: bool = False) -> bool:
+    """`mrw analyze SWEEP_DIR`: the sweep table and figures. False if `path` is no sweep."""
+    from mrw.replay.sweep import MANIFEST
+
+    if not (path / MANIFEST).exists():
+        return False
+    from mrw.analysis.sweep_table import analyze_sweep
+
+    res = analyze_sweep(path, None if as_json else out, figures=figures)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(res, option=orjson.OPT_INDENT_2).decode())
+    return True
+
 
 # ---------------------------------------------------------------------------- replay / analyze
 
@@ -236,11 +356,14 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
               help="Where the comparison figure of several runs goes.")
 def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_write: bool, plot: bool, plot_out: Path) -> None:
     """Summarise run directories: throughput, TTFT/TPOT/E2E, makespans, critical paths, energy.
-    Several RUN_DIRS are compared side by side."""
+    Several RUN_DIRS are compared side by side. A SWEEP_DIR (from mrw sweep) gives the sweep's
+    table and figures."""
     import orjson
 
     from mrw.analysis import summary as sm
 
+    if len(run_dirs) == 1 and _analyze_sweep(run_dirs[0], as_json=as_json):
+        return
     sums = [sm.summarize(d, write=not no_write) for d in run_dirs]
     if plot:
         from mrw.analysis.plots import plot_compare, plot_run
