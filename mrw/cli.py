@@ -630,5 +630,48 @@ from mrw.generators.cli import record as _record  # noqa: E402
 cli.add_command(_record)
 
 
+# ---------------------------------------------------------------------------- demo
+
+
+@cli.command()
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
+              help="Folder for the demo's trace, run directory and figures.")
+@click.option("--workflows", default=2, show_default=True, help="Documents to summarise.")
+@click.option("--chunks", default=3, show_default=True, help="Chunks per document (the chain's depth).")
+def demo(out: Path, workflows: int, chunks: int) -> None:
+    """Record -> replay -> analyze on the embedded default engine (CPU, no GPU, no API key).
+
+    Starts one local vLLM serving SmolLM2-135M-Instruct, records a small chain-summarization
+    trace, validates it, replays it against the same server and analyses the run. Each step is
+    the ordinary command, printed before it runs, so you can repeat any of them by hand.
+    """
+    from mrw.launch import VllmOptions, VllmServer
+    from mrw.models import default_model
+
+    spec = default_model()
+    trace = out / "summarization.json.gz"
+    run = out / "run"
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    with VllmServer(spec, VllmOptions(max_model_len=8192), log_path=out / "vllm.log") as server:
+        console.print(f"vLLM ({spec.name}) ready at {server.base_url} after {server.startup_s:.0f} s", highlight=False)
+        steps = [
+            ["record", "summarization", "--base-url", server.base_url, "--tokenizer", str(spec.path),
+             "--workflows", str(workflows), "--max-chunks", str(chunks), "--chunk-tokens", "512",
+             "--summary-tokens", "32", "-o", str(trace)],
+            ["validate", str(trace)],
+            ["info", str(trace)],
+            ["replay", str(trace), "--url", server.base_url, "-o", str(run)],
+        ]
+        for args in steps:
+            console.print(f"[bold]$ mrw {' '.join(args)}[/bold]", highlight=False)
+            cli.main(args, standalone_mode=False)
+    args = ["analyze", str(run), "--plot"]
+    console.print(f"[bold]$ mrw {' '.join(args)}[/bold]", highlight=False)
+    cli.main(args, standalone_mode=False)
+
+
 if __name__ == "__main__":
     main()
