@@ -81,6 +81,22 @@ class RichProgress(Progress):
         self._p.stop()
 
 
+class RunHook:
+    """Something that runs around the replay proper, e.g. the energy meters.
+
+    `begin` is called once the engine is up, just before the run's t0 (a meter set measures
+    its idle baseline here); it may return the t0 to use (a `time.perf_counter()` value) so
+    that its marks and the requests share one origin. `end` is called on every exit path
+    with the final status and error; it must not raise. Both run on the event loop's thread
+    and may block briefly."""
+
+    def begin(self, run_dir: Path, engine: Engine) -> float | None:
+        return None
+
+    def end(self, status: str, error: str | None) -> None:
+        return None
+
+
 def _engine_options_record(o: EngineOptions) -> dict[str, Any]:
     return {
         "url": redact_url(o.url) if o.url else None,
@@ -110,6 +126,7 @@ async def replay_async(
     *,
     progress: Progress | None = None,
     on_scheduler: Callable[[Scheduler | None, asyncio.Task], None] | None = None,
+    hooks: list[RunHook] | None = None,
 ) -> ReplayOutcome:
     trace = load(trace_path)
     workflows = select_workflows(trace, opts)
@@ -147,6 +164,7 @@ async def replay_async(
     scraper: MetricsScraper | None = None
     sched: Scheduler | None = None
     meta_writes: list[asyncio.Future] = []
+    begun: list[RunHook] = []
     status, error = "failed", None
     t_start = time.perf_counter()
 
@@ -191,11 +209,15 @@ async def replay_async(
         # The trace and everything built so far live for the whole run: move them out of the
         # cyclic GC's sight, so a full collection mid-run (a dispatch stall that grows with
         # the trace) has only the run's own new objects to scan.
+        t0_hook = None
+        for h in hooks or ():
+            begun.append(h)
+            t0_hook = await asyncio.to_thread(h.begin, run_dir, engine) or t0_hook
         gc.collect()
         gc.freeze()
         # t0: the zero of every time in requests.jsonl and metrics.jsonl. Set last, so that
         # nothing slow (run.json's fsync, client set-up) sits between it and the first arrival.
-        t0 = time.perf_counter()
+        t0 = t0_hook if t0_hook is not None else time.perf_counter()
         engine.t0 = t0
         writer.meta["clock"] = {"t0_unix": time.time() - (time.perf_counter() - t0), "t0_perf_counter": t0, "unit": "s"}
         if scraper is not None:
@@ -249,6 +271,11 @@ async def replay_async(
             await asyncio.wait(pending)
         if scraper is not None:
             await scraper.stop()
+        for h in reversed(begun):  # before the engine stops: its shutdown is not the run's energy
+            try:
+                await asyncio.to_thread(h.end, status, error)
+            except Exception:
+                pass
         await engine.close()
         t_end = time.perf_counter()
         extra: dict[str, Any] = {"wall_s": round(t_end - t_start, 3)}  # engine start-up included
@@ -289,6 +316,7 @@ def replay(
     out: str | os.PathLike | None = None,
     *,
     progress: Progress | None = None,
+    hooks: list[RunHook] | None = None,
 ) -> ReplayOutcome:
     """Run one replay in a fresh event loop. SIGINT/SIGTERM stop it cleanly: the run directory
     ends "interrupted" with every unfinished call marked, and the outcome says which signal."""
@@ -318,7 +346,7 @@ def replay(
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
         try:
-            return await replay_async(trace_path, engine_name, engine_options, opts, out, progress=progress, on_scheduler=bind)
+            return await replay_async(trace_path, engine_name, engine_options, opts, out, progress=progress, on_scheduler=bind, hooks=hooks)
         finally:
             for s in installed:
                 loop.remove_signal_handler(s)

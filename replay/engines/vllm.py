@@ -249,6 +249,10 @@ class VllmEngine(OpenAICompatEngine):
         p = getattr(self.server, "log_path", None)
         return Path(p) if p else None
 
+    def process_id(self) -> int | None:
+        proc = self.server.proc if self.server is not None else None
+        return proc.pid if proc is not None else None
+
     def metrics_url(self) -> str | None:
         return self.root + "/metrics" if self.root else None
 
