@@ -287,11 +287,20 @@ def _analyze_sweep(path: Path, *, figures: bool = True, as_json: bool = False) -
 @click.option("--save-outputs", is_flag=True, help="Keep generated text in requests.jsonl.")
 @click.option("--no-token-times", is_flag=True, help="Do not keep per-chunk arrival times in requests.jsonl.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--meter", "meter_spec", default="nvml,rapl,process", show_default=True,
+              help="Energy meters: any of nvml,rapl,process, or none (docs/energy.md).")
+@click.option("--baseline-s", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="Idle seconds metered with the engine up, before the replay (net = gross - idle).")
+@click.option("--meter-period-ms", type=click.FloatRange(5, 10000), default=50.0, show_default=True,
+              help="Power timeline sampling period.")
+@click.option("--cap", type=float, default=None, help="GPU power cap in watts, per GPU; restored afterwards.")
+@click.option("--lock-clocks", default=None, help="Lock GPU SM clocks: MHZ or MIN-MAX; reset afterwards.")
 def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Path | None, time_scale: float, rate: float | None,
            seed: int, wait_scale: float, live_refs: bool, force_length: bool, max_workflows: int | None, max_num_seqs: int | None,
            prefix_caching: bool | None, gpu_memory_utilization: float | None, max_model_len: int | None,
            engine_args: tuple[str, ...], openai_extra: str | None, openai_supports: str | None, api_key_env: str,
-           request_timeout: float, max_connections: int, save_outputs: bool, no_token_times: bool, quiet: bool) -> None:
+           request_timeout: float, max_connections: int, save_outputs: bool, no_token_times: bool, quiet: bool,
+           meter_spec: str, baseline_s: float, meter_period_ms: float, cap: float | None, lock_clocks: str | None) -> None:
     """Replay TRACE against an engine into a run directory (then: mrw analyze RUN_DIR)."""
     import shlex
 
@@ -328,7 +337,12 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
     ro = ReplayOptions(time_scale=time_scale, wait_scale=wait_scale, rate=rate, seed=seed, live_refs=live_refs,
                        force_output_length=force_length, max_workflows=max_workflows, save_outputs=save_outputs,
                        token_times=not no_token_times)
-    res = run_replay(trace, engine, eo, ro, out, progress=None if quiet else RichProgress())
+    from mrw.replay.meters import MeteringOptions, parse_meter_spec
+
+    parse_meter_spec(meter_spec)  # a bad meter name fails before anything starts
+    mo = MeteringOptions(meters=meter_spec, baseline_s=baseline_s, period_s=meter_period_ms / 1000,
+                         cap_w=cap, lock_clocks=lock_clocks)
+    res = run_replay(trace, engine, eo, ro, out, progress=None if quiet else RichProgress(), metering=mo)
     tc = res.token_check
     line = f"{res.status}: {res.finished_ok}/{res.total} calls ok, {res.failed} failed, {res.wall_s:.1f} s -> {res.run_dir}"
     console.print(line, highlight=False, soft_wrap=True)
@@ -370,6 +384,11 @@ def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_
 
         for d in run_dirs:
             console.print(f"figure: {plot_run(d)}", highlight=False)
+            if (Path(d) / "power.csv").exists():
+                from mrw.analysis.energy import plot_power
+
+                if (fig := plot_power(d)) is not None:
+                    console.print(f"figure: {fig}", highlight=False)
         if len(run_dirs) > 1:
             console.print(f"figure: {plot_compare(list(run_dirs), plot_out)}", highlight=False)
     if as_json:
