@@ -565,6 +565,10 @@ class _WorkflowRun:
         content = r.json()["content"]
         self.outputs[cid] = content
         self.t_end[cid] = t_end
+        # Parrot finished the dependencies first, but their GETs' answers may still be on the
+        # way to us; report in dependency order, so that prompts and times are complete.
+        for d in self.calls[cid].deps:
+            await self.done_ev[d].wait()
         await self._report(cid, content, t_end)
         self.done_ev[cid].set()
 
@@ -572,6 +576,7 @@ class _WorkflowRun:
         call, sc, req = self.calls[cid], self.plans[cid], self.reqs.get(cid)
         deps_end = max((self.t_end[d] for d in call.deps), default=None)
         t_issue = max(self.t_submit[cid], deps_end) if deps_end is not None else self.t_submit[cid]
+        t_issue = min(t_issue, t_end)  # a dependency's answer can reach us after this one's
         t_sched = self.t_sched.get(cid)
         if t_sched is None:
             t_sched = self.t_arrival if not call.deps else deps_end
@@ -587,7 +592,7 @@ class _WorkflowRun:
             expected_input_tokens=req.expected_input_tokens if req is not None else call.input_tokens,
             expected_output_tokens=sc.max_gen_length,
             output=content,
-            extra={"t_submit": self.t_submit[cid], "parrot_var_id": self.var_ids[cid]},
+            extra={"t_submit": self.t_submit[cid], "parrot_session": self.auth["session_id"], "parrot_var_id": self.var_ids[cid]},
         )
         if self.eng.ledger is not None:
             rec = await self.eng.ledger.take(sc.prompt(self.outputs), content)
