@@ -145,7 +145,10 @@ def build_app(backend: str, ledger: Ledger, *, force: bool = True, keep_text: bo
     )
 
     async def health(_: Request) -> Response:
-        return JSONResponse({"ok": True, "backend": backend, "force_length": force, "requests": len(ledger.records)})
+        return JSONResponse({
+            "ok": True, "backend": backend, "force_length": force, "requests": len(ledger.records),
+            "monotonic": time.monotonic(), "wall": time.time(),  # lets a client map record times onto its clock
+        })  # fmt: skip
 
     async def requests_after(request: Request) -> Response:
         after = int(request.query_params.get("after", "0"))

@@ -51,7 +51,6 @@ class BuiltinEngine:
         raise RuntimeError("mrw stubbed Parrot's builtin engine (CUDA only); use engine_type 'openai'")
 stub.BuiltinEngine = BuiltinEngine
 sys.modules[name] = stub
-sys.argv[0] = "parrot.engine.http_server"
 runpy.run_module("parrot.engine.http_server", run_name="__main__", alter_sys=True)
 """
 

@@ -213,10 +213,22 @@ class ProxyLedger:
         self.errors: list[dict] = []
         self._lock = asyncio.Lock()
 
+        self.offset = 0.0  # add to a record's time to get this process's time.monotonic()
+
     async def health(self) -> dict:
-        r = await self.client.get(f"{self.url}/health", timeout=5.0)
-        r.raise_for_status()
-        return r.json()
+        """Check the proxy and measure its clock against ours (best of 5 round trips), so
+        that its records' times can be put on the run's clock even from another host."""
+        best = None
+        for _ in range(5):
+            t0 = time.monotonic()
+            r = await self.client.get(f"{self.url}/health", timeout=5.0)
+            t1 = time.monotonic()
+            r.raise_for_status()
+            info = r.json()
+            if best is None or t1 - t0 < best[0]:
+                best = (t1 - t0, (t0 + t1) / 2 - info.get("monotonic", (t0 + t1) / 2), info)
+        self.offset = best[1]
+        return best[2]
 
     async def refresh(self) -> None:
         async with self._lock:
@@ -358,8 +370,9 @@ class ParrotEngine(Engine):
         f.notes.append("parrot: no streaming; TTFT and inter-token times are not measured (t_first_token is null); "
                        "a call's end is when its blocking GET returned")  # fmt: skip
         f.notes.append(
-            "parrot: t_issue is when the call became ready (submitted and every dependency's output back at the client); "
-            "Parrot itself starts a call as soon as its inputs exist, so e2e is the span Parrot owned"
+            "parrot: t_issue is when the call could start: submitted, and for the outputs it splices, when those existed in "
+            "Parrot (their backend end via the proxy, else their GET answer); so e2e is the span Parrot owned; "
+            "extra.t_submit is when mrw submitted it"
         )
         f.notes.append(
             "parrot: chat roles are flattened: Parrot merges a call's text into one user message, so the trace's "
@@ -457,6 +470,7 @@ class _WorkflowRun:
         self.t_submit: dict[str, float] = {}
         self.t_sched: dict[str, float | None] = {}
         self.t_end: dict[str, float] = {}
+        self.backend_end: dict[str, float] = {}  # run clock, from the proxy
         self.outputs: dict[str, str] = {}
         self.reported: set[str] = set()
         self.done_ev = {cid: asyncio.Event() for cid in self.calls}
@@ -523,10 +537,11 @@ class _WorkflowRun:
             for cid in batch:
                 crit = self.eng.opt.criteria if cid not in feeds else None
                 body = self.plans[cid].payload(self.auth, self.var_ids, models=self.eng.opt.models, criteria=crit)
+                t_sent = self.eng._now()  # with output_criteria Parrot may start it before answering
                 info = await self.eng._post("/v1/semantic_call", body, what=f"call {cid}")
                 outs = [p for p in info["param_info"] if p["is_output"]]
                 self.var_ids[cid] = outs[-1]["var_id"]
-                self.t_submit[cid] = self.eng._now()
+                self.t_submit[cid] = t_sent
                 self.submitted.add(cid)
                 self.last_progress = time.monotonic()
             for cid in batch:
@@ -574,12 +589,31 @@ class _WorkflowRun:
 
     async def _report(self, cid: str, content: str, t_end: float) -> None:
         call, sc, req = self.calls[cid], self.plans[cid], self.reqs.get(cid)
-        deps_end = max((self.t_end[d] for d in call.deps), default=None)
-        t_issue = max(self.t_submit[cid], deps_end) if deps_end is not None else self.t_submit[cid]
-        t_issue = min(t_issue, t_end)  # a dependency's answer can reach us after this one's
+        eng = self.eng
+        rec = await eng.ledger.take(sc.prompt(self.outputs), content) if eng.ledger is not None else None
+        backend: dict[str, Any] = {}
+        if rec is not None:
+            to_run = eng.ledger.offset - eng.t0  # proxy clock -> run clock
+            backend = {
+                "backend_t_start": rec["t_recv"] + to_run,
+                "backend_t_first_token": rec["t_first_token"] + to_run if rec.get("t_first_token") is not None else None,
+                "backend_t_end": rec["t_end"] + to_run,
+                "backend_finish_reason": rec.get("finish_reason"),
+            }
+            self.backend_end[cid] = backend["backend_t_end"]
+        # When could the call start? Parrot starts a call as soon as the outputs it splices exist:
+        # for such a dependency that is when its backend call ended (known with the proxy), a
+        # little before its GET answered us. A call submitted client-side (deferred) could start
+        # when it was submitted, after its dependencies had answered.
+        internal = cid not in self.deferred
+        deps_ready = max(
+            (self.backend_end.get(d, self.t_end[d]) if internal else self.t_end[d] for d in call.deps), default=None
+        )
+        t_issue = self.t_submit[cid] if deps_ready is None else max(self.t_submit[cid], deps_ready)
+        t_issue = min(t_issue, t_end)
         t_sched = self.t_sched.get(cid)
         if t_sched is None:
-            t_sched = self.t_arrival if not call.deps else deps_end
+            t_sched = self.t_arrival if deps_ready is None else deps_ready
         res = CallResult(
             call_id=cid,
             workflow_id=self.wf.id,
@@ -592,22 +626,14 @@ class _WorkflowRun:
             expected_input_tokens=req.expected_input_tokens if req is not None else call.input_tokens,
             expected_output_tokens=sc.max_gen_length,
             output=content,
-            extra={"t_submit": self.t_submit[cid], "parrot_session": self.auth["session_id"], "parrot_var_id": self.var_ids[cid]},
+            extra={"t_submit": self.t_submit[cid], "parrot_session": self.auth["session_id"], "parrot_var_id": self.var_ids[cid], **backend},
         )
-        if self.eng.ledger is not None:
-            rec = await self.eng.ledger.take(sc.prompt(self.outputs), content)
+        if eng.ledger is not None:
             if rec is None:
                 res.extra["proxy_record"] = "missing"
             else:
                 res.input_tokens = rec.get("prompt_tokens")
                 res.output_tokens = rec.get("completion_tokens")
-                t0 = self.eng.t0
-                res.extra.update(
-                    backend_t_start=rec["t_recv"] - t0,
-                    backend_t_first_token=rec["t_first_token"] - t0 if rec.get("t_first_token") is not None else None,
-                    backend_t_end=rec["t_end"] - t0,
-                    backend_finish_reason=rec.get("finish_reason"),
-                )
         self.reported.add(cid)
         await self.sink(res)
 
