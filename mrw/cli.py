@@ -138,5 +138,370 @@ def info(file: Path, as_json: bool, show_workflows: bool) -> None:
         out.print(wt)
 
 
+# ---------------------------------------------------------------------------- replay / analyze
+
+
+def _engine_names() -> list[str]:
+    from mrw.replay.engines.registry import names
+
+    return names()
+
+
+@cli.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--engine", "-e", default="vllm", show_default=True, help="Engine adapter: vllm, openai, parrot, ...")
+@click.option("--url", help="Attach to a running server (e.g. http://localhost:8000/v1). Default: launch the embedded vLLM.")
+@click.option("--model", help="Served model name (attach; default: the only one served) or model to launch.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Run directory (default: runs/TRACE-ENGINE-TIME).")
+@click.option("--time-scale", type=float, default=1.0, show_default=True, help="Multiply recorded arrival offsets (0.5 = twice the load, 0 = all at once).")
+@click.option("--rate", type=float, help="Poisson arrivals at this many workflows/s instead of the recorded offsets.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Poisson arrivals.")
+@click.option("--wait-scale", type=float, default=1.0, show_default=True, help="Multiply recorded tool/think waits (0 = none).")
+@click.option("--live-refs", is_flag=True, help="Splice live upstream outputs into prompts (default: the recorded text).")
+@click.option("--force-length/--no-force-length", default=True, show_default=True, help="Force each output to its recorded token count.")
+@click.option("--workflows", "max_workflows", type=click.IntRange(min=1), help="Replay only the first N workflows.")
+@click.option("--max-num-seqs", type=click.IntRange(min=1), help="Engine batch size (vLLM --max-num-seqs).")
+@click.option("--prefix-caching/--no-prefix-caching", default=None, help="Engine prefix caching on/off (default: engine's).")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.0, 1.0, min_open=True), help="vLLM --gpu-memory-utilization.")
+@click.option("--max-model-len", type=click.IntRange(min=1), help="vLLM --max-model-len.")
+@click.option("--engine-arg", "engine_args", multiple=True, help="Extra launch argument passed through verbatim (repeatable).")
+@click.option("--openai-extra", help="JSON object merged into every request body (vendor fields), --engine openai.")
+@click.option("--openai-supports", help="Comma list of what the server honours: min_tokens,ignore_eos,token_ids,prefix_caching,metrics.")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable holding the API key (never recorded).")
+@click.option("--request-timeout", type=float, default=600.0, show_default=True, help="Seconds of silence on a stream before a call fails.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=4096, show_default=True, help="HTTP connection pool size.")
+@click.option("--save-outputs", is_flag=True, help="Keep generated text in requests.jsonl.")
+@click.option("--no-token-times", is_flag=True, help="Do not keep per-chunk arrival times in requests.jsonl.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Path | None, time_scale: float, rate: float | None,
+           seed: int, wait_scale: float, live_refs: bool, force_length: bool, max_workflows: int | None, max_num_seqs: int | None,
+           prefix_caching: bool | None, gpu_memory_utilization: float | None, max_model_len: int | None,
+           engine_args: tuple[str, ...], openai_extra: str | None, openai_supports: str | None, api_key_env: str,
+           request_timeout: float, max_connections: int, save_outputs: bool, no_token_times: bool, quiet: bool) -> None:
+    """Replay TRACE against an engine into a run directory (then: mrw analyze RUN_DIR)."""
+    import shlex
+
+    import orjson
+
+    from mrw.errors import KnobError
+    from mrw.replay.driver import RichProgress, replay as run_replay
+    from mrw.replay.engines.base import EngineKnobs, EngineOptions
+    from mrw.replay.scheduler import ReplayOptions
+
+    if rate is not None and rate <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--rate")
+    if time_scale < 0 or wait_scale < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--time-scale/--wait-scale")
+    extra: dict = {"api_key_env": api_key_env, "quiet": quiet}
+    if openai_extra:
+        try:
+            extra["body"] = orjson.loads(openai_extra)
+        except orjson.JSONDecodeError as e:
+            raise KnobError(f"--openai-extra: not valid JSON ({e})") from None
+        if not isinstance(extra["body"], dict):
+            raise KnobError("--openai-extra: must be a JSON object, e.g. '{\"top_k\": 1}'")
+    if openai_supports:
+        extra["supports"] = [s.strip() for s in openai_supports.split(",") if s.strip()]
+    knobs = EngineKnobs(
+        max_num_seqs=max_num_seqs,
+        prefix_caching=prefix_caching,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+        engine_args=[a for arg in engine_args for a in shlex.split(arg)],
+    )
+    eo = EngineOptions(url=url, model=model, knobs=knobs, request_timeout_s=request_timeout,
+                       max_connections=max_connections, extra=extra)
+    ro = ReplayOptions(time_scale=time_scale, wait_scale=wait_scale, rate=rate, seed=seed, live_refs=live_refs,
+                       force_output_length=force_length, max_workflows=max_workflows, save_outputs=save_outputs,
+                       token_times=not no_token_times)
+    res = run_replay(trace, engine, eo, ro, out, progress=None if quiet else RichProgress())
+    tc = res.token_check
+    line = f"{res.status}: {res.finished_ok}/{res.total} calls ok, {res.failed} failed, {res.wall_s:.1f} s -> {res.run_dir}"
+    console.print(line, highlight=False, soft_wrap=True)
+    if tc.get("output_mismatch"):
+        ex = ", ".join(f"{e['call_id']} {e['got']}/{e['expected']}" for e in tc["output_examples"][:3])
+        console.print(f"warning: {tc['output_mismatch']} response(s) with an output token count other than recorded (e.g. {ex})",
+                      style="yellow", highlight=False, soft_wrap=True)
+    if res.status == "interrupted":
+        import signal as _signal
+
+        raise SystemExit(128 + (res.signal or _signal.SIGINT))
+    click.echo(str(res.run_dir))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json's content instead of tables.")
+@click.option("--workflows", "show_workflows", is_flag=True, help="Also list every workflow's makespan and critical path.")
+@click.option("--no-write", is_flag=True, help="Do not write summary.json into the run directories.")
+@click.option("--plot", is_flag=True, help="Also draw RUN_DIR/timeline.png (and compare.png for several runs; needs mrw[analysis]).")
+@click.option("--plot-out", type=click.Path(path_type=Path), default=Path("compare.png"), show_default=True,
+              help="Where the comparison figure of several runs goes.")
+def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_write: bool, plot: bool, plot_out: Path) -> None:
+    """Summarise run directories: throughput, TTFT/TPOT/E2E, makespans, critical paths, energy.
+    Several RUN_DIRS are compared side by side."""
+    import orjson
+
+    from mrw.analysis import summary as sm
+
+    sums = [sm.summarize(d, write=not no_write) for d in run_dirs]
+    if plot:
+        from mrw.analysis.plots import plot_compare, plot_run
+
+        for d in run_dirs:
+            console.print(f"figure: {plot_run(d)}", highlight=False)
+        if len(run_dirs) > 1:
+            console.print(f"figure: {plot_compare(list(run_dirs), plot_out)}", highlight=False)
+    if as_json:
+        doc = sums[0] if len(sums) == 1 else {"runs": sums}
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return
+    if len(sums) == 1:
+        sm.print_summary(sums[0], out, show_workflows=show_workflows)
+    else:
+        sm.print_comparison(sums, out)
+
+
+# ---------------------------------------------------------------------------- energy
+
+
+def _print_energy(doc: dict) -> None:
+    from mrw.analysis.energy import summary_lines
+
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")
+    for k, v in summary_lines(doc):
+        t.add_row(k, v)
+    out.print(t)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--meter", "meter_spec", default="nvml,rapl,process", show_default=True,
+              help="Meters to run: any of nvml,rapl,process, or none.")
+@click.option("--baseline-s", type=float, default=5.0, show_default=True, help="Idle seconds metered before CMD starts.")
+@click.option("--period-ms", type=float, default=50.0, show_default=True, help="Timeline sampling period.")
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Directory for energy.json and power.csv [default: runs/meter-TIMESTAMP].")
+@click.option("--cap", type=float, default=None, help="GPU power cap in watts, per GPU, restored afterwards.")
+@click.option("--lock-clocks", default=None, help="Lock SM clocks: MHZ or MIN-MAX, reset afterwards.")
+@click.option("--json", "as_json", is_flag=True, help="Print energy.json instead of the summary.")
+def meter(command: tuple[str, ...], meter_spec: str, baseline_s: float, period_ms: float, out_dir: Path | None,
+          cap: float | None, lock_clocks: str | None, as_json: bool) -> None:
+    """Meter the energy of any command: mrw meter [OPTIONS] -- CMD [ARGS]...
+
+    Measures an idle baseline, then runs CMD with GPU (NVML), CPU/DRAM (RAPL) and process
+    meters sampling in the background; writes energy.json and power.csv; exits with CMD's code.
+    """
+    import subprocess
+    import time
+
+    import orjson
+
+    from mrw.analysis.energy import finalize
+    from mrw.replay.knobs import apply_knobs, signals_as_exceptions
+    from mrw.replay.meters import MeterSet, parse_meter_spec
+
+    parse_meter_spec(meter_spec)  # fail on a bad name before anything runs
+    run_dir = out_dir or Path("runs") / time.strftime("meter-%Y%m%d-%H%M%S")
+    rc = 0
+    with signals_as_exceptions(), apply_knobs(cap_w=cap, lock_clocks=lock_clocks, run_dir=run_dir):
+        with MeterSet.for_run(run_dir, meters=meter_spec, baseline_s=baseline_s, period_s=period_ms / 1000) as m:
+            try:
+                proc = subprocess.Popen(list(command))
+            except OSError as e:
+                raise MrwError(f"cannot run {command[0]!r}: {e.strerror}") from e
+            m.set_engine_pid(proc.pid)
+            try:
+                rc = proc.wait()
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+    doc = finalize(run_dir)
+    if as_json:
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_energy(doc)
+        console.print(f"[dim]{run_dir}/energy.json, {run_dir}/power.csv[/dim]")
+    if rc:
+        raise SystemExit(rc if rc > 0 else 128 - rc)
+
+
+@cli.command("restore-knobs")
+def restore_knobs() -> None:
+    """Put back GPU power limits and clock locks left by an mrw that was killed (SIGKILL)."""
+    from mrw.replay.knobs import restore_pending
+
+    done = restore_pending()
+    for line in done:
+        out.print(line, highlight=False)
+    if not done:
+        out.print("nothing to restore")
+
+
+# ---------------------------------------------------------------------------- sharing
+# Trace sets (pack/unpack/verify), anonymisation and foreign formats (import/export):
+# mrw.tracesets, mrw.anonymize, mrw.formats. See docs/sharing.md.
+
+
+def _print_verify(report) -> None:
+    for f in report.files:
+        if f.ok:
+            what = f" ({f.workflows} workflows, {f.calls} calls)" if f.calls is not None else ""
+            out.print(f"{f.path}: ok{what}", highlight=False, soft_wrap=True)
+        else:
+            for p in f.problems:
+                out.print(f"{f.path}: FAILED: {p}", highlight=False, soft_wrap=True)
+    for p in report.problems:
+        out.print(f"{report.source}: FAILED: {p}", highlight=False, soft_wrap=True)
+
+
+def _limits(max_bytes: int | None):
+    from mrw.tracesets import DEFAULT_LIMITS, Limits
+
+    if max_bytes is None:
+        return DEFAULT_LIMITS
+    return Limits(max_member_bytes=max_bytes, max_total_bytes=max_bytes)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Archive to write (.tar.gz).")
+@click.option("--licence", "--license", "licence", default="", help="Licence of the set, e.g. CC-BY-4.0.")
+@click.option("--provenance", default="", help="Free text: who recorded it, how, on what hardware, for what.")
+@click.option("--provenance-file", type=click.Path(path_type=Path, dir_okay=False), help="Read --provenance from a file.")
+def pack(directory: Path, output: Path, licence: str, provenance: str, provenance_file: Path | None) -> None:
+    """Pack a DIRECTORY of traces into a trace set: MANIFEST.json (checksums, versions,
+    workloads, models, licence, provenance) + the traces, as one .tar.gz."""
+    from mrw.tracesets import pack as do_pack
+
+    if provenance_file is not None:
+        provenance = provenance_file.read_text(encoding="utf-8").strip()
+    man, skipped = do_pack(directory, output, licence=licence, provenance=provenance)
+    for p in skipped:
+        console.print(f"mrw: note: skipped {p} (not a trace, README or LICENSE)", highlight=False)
+    if not licence:
+        console.print("mrw: note: no --licence given; say under which terms others may use the set", highlight=False)
+    n = sum(1 for f in man.files if f.kind == "trace")
+    out.print(f"{output}: {n} traces ({', '.join(man.workloads)}), manifest with SHA-256 of {len(man.files)} files", highlight=False)
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="New or empty directory.")
+@click.option("--max-bytes", type=int, help="Bound on the decompressed size (default 8 GiB in all, 2 GiB a file).")
+def unpack(archive: Path, output: Path, max_bytes: int | None) -> None:
+    """Unpack a trace set safely (nothing outside OUTPUT, no links or devices, sizes bounded),
+    then verify every file; exit 1 if any fails."""
+    from mrw.tracesets import unpack as do_unpack
+    from mrw.tracesets import verify_dir
+
+    limits = _limits(max_bytes)
+    man = do_unpack(archive, output, limits=limits)
+    report = verify_dir(output, limits=limits)
+    _print_verify(report)
+    if man.licence:
+        out.print(f"licence: {man.licence}", highlight=False)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--max-bytes", type=int, help="Bound on the decompressed size of an archive.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-file results as JSON.")
+def verify(path: Path, max_bytes: int | None, as_json: bool) -> None:
+    """Verify a trace set (directory or .tar.gz): every file's checksum, schema and semantics,
+    reported per file; exit 1 on any failure."""
+    from mrw.tracesets import verify as do_verify
+
+    report = do_verify(path, limits=_limits(max_bytes))
+    if as_json:
+        import orjson
+
+        d = {"source": report.source, "ok": report.ok, "problems": report.problems,
+             "files": [{"path": f.path, "ok": f.ok, "problems": f.problems} for f in report.files]}
+        click.echo(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_verify(report)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Anonymised trace to write.")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Local tokenizer directory of the model the trace was recorded with (required).")
+@click.option("--block-size", default=16, show_default=True, help="Tokens per hashed block.")
+def anonymize(src: Path, output: Path, tokenizer_dir: Path | None, block_size: int) -> None:
+    """Remove all text from a trace, keeping token counts, the DAG, timings and prefix sharing
+    (salted chained hashes of token blocks; the salt is not kept)."""
+    from mrw.anonymize import anonymize_file
+
+    if output.resolve() == src.resolve():
+        raise click.UsageError("write the anonymised trace to a new file, not over the original")
+    rep = anonymize_file(src, output, tokenizer_dir=tokenizer_dir, block_size=block_size)
+    out.print(f"{output}: {rep.calls} calls, text removed, hash_ids of {block_size}-token blocks", highlight=False)
+
+
+def _tokenizer_opt(tokenizer_dir: Path | None):
+    if tokenizer_dir is None:
+        return None
+    from mrw.anonymize import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)
+
+
+@cli.command(name="import")
+@click.argument("fmt", metavar="FORMAT")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="mrw trace to write.")
+@click.option("--block-size", type=int, help="Tokens per hash_ids block (mooncake; default 512).")
+@click.option("--group", type=click.Choice(["none", "session"]), default="none", show_default=True,
+              help="mooncake: make one workflow per AIPerf session_id (a chain of turns).")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Tokenizer directory, to count tokens a format does not carry (aiperf-dag, otel).")
+@click.option("--workload", help="Workload name for the header (default: the format).")
+def import_(fmt: str, src: Path, output: Path, block_size: int | None, group: str, tokenizer_dir: Path | None,
+            workload: str | None) -> None:
+    """Import a foreign trace (FORMAT: mooncake, azure, aiperf-dag, otel) as an mrw trace.
+    What the format cannot express is printed and kept in the header's extra.import."""
+    from mrw.formats import import_trace
+    from mrw.trace import dump
+
+    trace, notes = import_trace(src, fmt, block_size=block_size, group=group,
+                                tokenizer=_tokenizer_opt(tokenizer_dir), workload=workload)
+    dump(trace, output)
+    for n in notes:
+        console.print(f"mrw: note: {fmt}: {n}", highlight=False, soft_wrap=True)
+    out.print(f"{output}: {len(trace.workflows)} workflows, {trace.n_calls} calls", highlight=False)
+
+
+@cli.command(name="export")
+@click.argument("fmt", metavar="FORMAT")
+@click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+              help="File to write (otel: a directory).")
+@click.option("--block-size", type=int, help="mooncake: tokens per hash_ids block (a multiple of the trace's).")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Tokenizer directory: hash text prompts (mooncake) or synthesise text for text-free calls.")
+def export(fmt: str, src: Path, output: Path, block_size: int | None, tokenizer_dir: Path | None) -> None:
+    """Export an mrw trace to a foreign FORMAT (mooncake, aiperf-dag, otel); prints what is lost."""
+    from mrw.formats import export_trace
+    from mrw.trace import load
+
+    notes = export_trace(load(src), output, fmt, block_size=block_size, tokenizer=_tokenizer_opt(tokenizer_dir))
+    for n in notes:
+        console.print(f"mrw: note: {fmt}: {n}", highlight=False, soft_wrap=True)
+    out.print(f"{output}: written", highlight=False)
+
+
 if __name__ == "__main__":
     main()

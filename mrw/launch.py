@@ -234,10 +234,10 @@ class VllmServer:
 
 
 def _stop_group(proc: subprocess.Popen, timeout_s: float) -> None:
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        pgid = None
+    # start_new_session=True made the server its group's leader, so pgid == pid. Not
+    # os.getpgid(): once the leader has died and been reaped (poll() does that), getpgid
+    # fails, yet its workers still hold the group and must be killed with it.
+    pgid: int | None = proc.pid
     for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
         try:
             if pgid is not None:
