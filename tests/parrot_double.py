@@ -582,7 +582,7 @@ if __name__ == "__main__":
 
 
 # ----------------------------------------------------------------- pytest fixtures
-# Import them into a test module: `from parrot_double import backend_proxy, parrot_double`.
+# tests/conftest.py imports them, so every test module sees them.
 
 try:
     import pytest
@@ -639,17 +639,22 @@ if pytest is not None:
                 self.proc.wait(5)
                 self.proc = None
 
-    @pytest.fixture(scope="module")
-    def backend_proxy(vllm_server, tmp_path_factory):
+    def served_model(root_url: str) -> str:
+        import httpx
+
+        return httpx.get(f"{root_url}/v1/models", timeout=10.0).json()["data"][0]["id"]
+
+    @pytest.fixture(scope="session")
+    def backend_proxy(vllm_url, tmp_path_factory):
         """The mrw proxy in front of the session's real vLLM."""
-        p = ProxyProcess(vllm_server.root_url, tmp_path_factory.mktemp("proxy") / "requests.jsonl").start()
+        p = ProxyProcess(vllm_url, tmp_path_factory.mktemp("proxy") / "requests.jsonl").start()
         yield p
         p.stop()
 
-    @pytest.fixture(scope="module")
-    def parrot_double(backend_proxy, vllm_server, tmp_path_factory):
+    @pytest.fixture(scope="session")
+    def parrot_double(backend_proxy, vllm_url, tmp_path_factory):
         """The Parrot double whose engine forwards through the proxy to the real vLLM."""
-        d = ParrotDouble(f"{backend_proxy.url}/v1", vllm_server.model.name, log_path=tmp_path_factory.mktemp("double") / "double.log")
+        d = ParrotDouble(f"{backend_proxy.url}/v1", served_model(vllm_url), log_path=tmp_path_factory.mktemp("double") / "double.log")
         d.start()
         yield d
         d.stop()

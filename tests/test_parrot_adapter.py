@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from parrot_double import ParrotDouble, ProxyProcess, backend_proxy, parrot_double  # noqa: F401  (fixtures)
+from parrot_double import ParrotDouble, ProxyProcess
 
 from mrw.errors import EngineError, EngineUnreachable
 from mrw.replay.engines import parrot as P
@@ -97,7 +97,7 @@ def test_control_dependencies_and_zero_length_outputs() -> None:
 def test_workflow_replays_with_exact_lengths_and_respected_dependencies(parrot_double, backend_proxy) -> None:
     wf = chain_and_fanout()
     before = backend_proxy.count()
-    eng = P.ParrotEngine(P.ParrotOptions(parrot_double.url, proxy_url=backend_proxy.url))
+    eng = P.ParrotEngine(parrot=P.ParrotOptions(parrot_double.url, proxy_url=backend_proxy.url))
     results, errors = run(eng, wf)
     assert errors == []
     by = {r.call_id: r for r in results}
@@ -108,11 +108,14 @@ def test_workflow_replays_with_exact_lengths_and_respected_dependencies(parrot_d
         assert r.output_tokens == r.expected_output_tokens == c.output_tokens  # forced by the proxy
         assert r.input_tokens and r.input_tokens > 0
         assert r.t_first_token is None and r.ttft is None  # Parrot does not stream
-        assert r.t_issue <= r.extra["backend_t_start"] < r.extra["backend_t_end"] <= r.t_end
+        assert r.extra["t_submit"] <= r.extra["backend_t_start"] < r.extra["backend_t_end"] <= r.t_end
         for d in c.deps:  # the backend saw the dependency finish before the call started
-            assert by[d].extra["backend_t_end"] <= r.t_issue <= r.extra["backend_t_start"]
+            assert by[d].extra["backend_t_end"] <= r.extra["backend_t_start"]
+            assert by[d].t_end <= r.t_issue <= r.t_end
             if c.wait_s or c.id == "late":  # submitted by mrw after the dependency answered
-                assert by[d].t_end <= r.extra["t_submit"] <= r.t_issue
+                assert by[d].t_end <= r.extra["t_submit"] <= r.extra["backend_t_start"]
+            else:  # Parrot started it itself, once the spliced outputs existed
+                assert by[d].extra["backend_t_end"] <= r.extra["t_ready"] <= r.extra["backend_t_start"]
     join = by["join"]
     assert join.extra["t_submit"] >= max(by[d].t_end for d in calls["join"].deps) + 0.6
     assert join.t_scheduled == pytest.approx(max(by[d].t_end for d in calls["join"].deps) + 0.6, abs=1e-6)
@@ -131,7 +134,7 @@ def test_workflow_replays_with_exact_lengths_and_respected_dependencies(parrot_d
 
 @pytest.mark.vllm
 def test_without_the_proxy_lengths_are_not_forced_and_say_so(parrot_double) -> None:
-    eng = P.ParrotEngine(P.ParrotOptions(parrot_double.url, preflight=False))
+    eng = P.ParrotEngine(parrot=P.ParrotOptions(parrot_double.url, preflight=False))
     w = Workflow("solo", 0.0, [Call("s", "n", output_tokens=5, prompt=[{"text": "Say one thing."}])])
     results, errors = run(eng, w)
     assert errors == [] and results[0].ok and results[0].output_tokens is None
@@ -150,12 +153,14 @@ def test_parrot_refusal_surfaces_its_message(parrot_double, monkeypatch) -> None
         return body
 
     monkeypatch.setattr(P.SemanticCall, "payload", with_max_tokens)
-    eng = P.ParrotEngine(P.ParrotOptions(parrot_double.url, preflight=False))
+    eng = P.ParrotEngine(parrot=P.ParrotOptions(parrot_double.url, preflight=False))
     w = Workflow("bad", 0.0, [Call("s", "n", output_tokens=5, prompt=[{"text": "Hi"}]), Call("t", "n", deps=["s"], output_tokens=5, prompt=[{"ref": "s"}])])
     results, errors = run(eng, w)
-    assert len(errors) == 1 and isinstance(errors[0], EngineError)
-    assert "Parrot refused call s: SamplingConfig.__init__() got an unexpected keyword argument 'max_tokens'" in str(errors[0])
-    assert {r.call_id for r in results} == {"s", "t"} and not any(r.ok for r in results)
+    assert errors == []  # reported per call, not raised: the other workflows go on
+    by = {r.call_id: r for r in results}
+    assert set(by) == {"s", "t"} and not any(r.ok for r in results)
+    assert "Parrot refused call s: SamplingConfig.__init__() got an unexpected keyword argument 'max_tokens'" in by["s"].error
+    assert by["s"].extra["error_kind"] == "parrot"
 
 
 @pytest.mark.vllm
@@ -164,12 +169,12 @@ def test_a_hang_ends_with_a_clear_error_not_forever(parrot_double) -> None:
     opts = P.ParrotOptions(parrot_double.url, models=["no-such-model"], preflight=False, stall_timeout_s=2.0, probe_interval_s=0.5)
     w = Workflow("hang", 0.0, [Call("s", "n", output_tokens=5, prompt=[{"text": "Hi"}])])
     t = time.monotonic()
-    results, errors = run(P.ParrotEngine(opts), w)
+    results, errors = run(P.ParrotEngine(parrot=opts), w)
     assert time.monotonic() - t < 15
-    assert len(errors) == 1 and "no output came back from Parrot for 2 s" in str(errors[0])
-    assert [r.ok for r in results] == [False]
+    assert errors == [] and [r.ok for r in results] == [False]
+    assert "no output came back from Parrot for 2 s" in results[0].error and results[0].extra["error_kind"] == "timeout"
 
-    eng = P.ParrotEngine(P.ParrotOptions(parrot_double.url, models=["no-such-model"], preflight_timeout_s=2.0))
+    eng = P.ParrotEngine(parrot=P.ParrotOptions(parrot_double.url, models=["no-such-model"], preflight_timeout_s=2.0))
     with pytest.raises(EngineError, match="did not run it within 2 s"):
         asyncio.run(eng.start())
 
@@ -178,13 +183,13 @@ def test_nothing_or_something_else_at_the_url_is_unreachable(tmp_path) -> None:
     from mrw.launch import free_port
 
     with pytest.raises(EngineUnreachable, match="nothing answers"):
-        asyncio.run(P.ParrotEngine(P.ParrotOptions(f"http://127.0.0.1:{free_port()}")).start())
+        asyncio.run(P.ParrotEngine(parrot=P.ParrotOptions(f"http://127.0.0.1:{free_port()}")).start())
 
 
 @pytest.mark.vllm
 def test_a_vllm_url_is_not_a_parrot(vllm_server) -> None:
     with pytest.raises(EngineUnreachable, match="not like a Parrot serve core"):
-        asyncio.run(P.ParrotEngine(P.ParrotOptions(vllm_server.root_url)).start())
+        asyncio.run(P.ParrotEngine(parrot=P.ParrotOptions(vllm_server.root_url)).start())
 
 
 @pytest.mark.vllm
@@ -195,7 +200,7 @@ def test_backend_dying_mid_run_keeps_finished_calls_and_marks_the_rest(vllm_serv
         calls = [Call("c0", "n", output_tokens=4, prompt=[{"text": "Start."}])]
         calls += [Call(f"c{i}", "n", deps=[f"c{i - 1}"], output_tokens=400, prompt=[{"text": "Go on: "}, {"ref": f"c{i - 1}"}]) for i in range(1, 4)]
         w = Workflow("dies", 0.0, calls)
-        eng = P.ParrotEngine(P.ParrotOptions(double.url, proxy_url=proxy.url, preflight=False, probe_interval_s=0.5))
+        eng = P.ParrotEngine(parrot=P.ParrotOptions(double.url, proxy_url=proxy.url, preflight=False, probe_interval_s=0.5))
         results: list[CallResult] = []
 
         async def sink(r: CallResult) -> None:
@@ -207,15 +212,37 @@ def test_backend_dying_mid_run_keeps_finished_calls_and_marks_the_rest(vllm_serv
             await eng.start()
             try:
                 await eng.run_workflow(w, {c.id: req(c, w.id) for c in w.calls}, sink)
+                return await eng.health()  # what the replayer asks after a transport failure
             finally:
                 await eng.close()
 
-        with pytest.raises(EngineError, match="stopped answering|dropped session"):
-            asyncio.run(main())
+        why = asyncio.run(main())
+        assert why and "does not answer" in why
         by = {r.call_id: r for r in results}
         assert by["c0"].ok and by["c0"].output_tokens == 4
-        assert not any(by[c].ok for c in ("c1", "c2", "c3")) and all(by[c].error for c in ("c1", "c2", "c3"))
+        for c in ("c1", "c2", "c3"):
+            assert not by[c].ok and by[c].extra["error_kind"] == "transport"
+            assert "stopped answering" in by[c].error or "dropped session" in by[c].error
         assert double.proc.wait(15) == 1  # Parrot fails fast: the whole process is gone
     finally:
         double.stop()
         proxy.stop()
+
+
+@pytest.mark.vllm
+def test_calls_that_cannot_fit_are_refused_before_parrot_sees_them(parrot_double, backend_proxy) -> None:
+    # A backend 400 would end Parrot's engine and core; mrw refuses such calls itself.
+    eng = P.ParrotEngine(parrot=P.ParrotOptions(parrot_double.url, proxy_url=backend_proxy.url))
+    w = Workflow("big", 0.0, [
+        Call("huge", "n", output_tokens=100_000, prompt=[{"text": "Write forever."}]),
+        Call("child", "n", deps=["huge"], output_tokens=5, prompt=[{"text": "Edit: "}, {"ref": "huge"}]),
+        Call("fine", "n", output_tokens=5, prompt=[{"text": "A short one."}]),
+    ])  # fmt: skip
+    results, errors = run(eng, w)
+    by = {r.call_id: r for r in results}
+    assert errors == [] and set(by) == {"huge", "child", "fine"}
+    assert eng.max_model_len == 4096  # read from the backend through the proxy
+    assert not by["huge"].ok and "exceed the backend's max_model_len 4096" in by["huge"].error
+    assert not by["child"].ok and by["child"].error == "not issued: dependency huge failed"
+    assert by["fine"].ok and by["fine"].output_tokens == 5
+    assert parrot_double.alive()

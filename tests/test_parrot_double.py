@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from parrot_double import ParrotDouble, backend_proxy, parrot_double  # noqa: F401  (fixtures)
+from parrot_double import ParrotDouble
 
 pytestmark = pytest.mark.vllm
 

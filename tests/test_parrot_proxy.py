@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
-from parrot_double import ProxyProcess, backend_proxy  # noqa: F401  (fixture)
+from parrot_double import ProxyProcess
 
 from mrw.backend_proxy import digest, force_length, prompt_text
 

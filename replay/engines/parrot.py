@@ -33,17 +33,22 @@ when Parrot's engine forwards through one; Parrot itself returns only text.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from mrw.backend_proxy import digest
-from mrw.errors import EngineError, EngineUnreachable
+from mrw.errors import EngineError, EngineUnreachable, KnobError, LaunchError
 from mrw.trace import Call, Workflow
-from mrw.replay.engines.base import Capabilities, CallResult, Engine, Fidelity, Request, ResultSink
+
+from .base import Capabilities, CallResult, Engine, EngineOptions, Fidelity, Request, ResultSink
+from .openai_compat import redact_url, why_unreachable
 
 PLACEHOLDER = re.compile(r"{{[a-zA-Z_][a-zA-Z0-9_]*}}")  # Parrot's own PLACEHOLDER_REGEX
 PARROT_ERROR = re.compile(r"msg=(.*)\)\s*$", re.S)
@@ -53,19 +58,29 @@ SAMPLING_FORWARDED = ("temperature", "top_p")  # what Parrot's OpenAI-type engin
 
 @dataclass(slots=True)
 class ParrotOptions:
-    url: str  # the serve core, e.g. http://127.0.0.1:9000
-    proxy_url: str | None = None  # mrw backend proxy between Parrot's engine and its backend
+    """Parrot-specific settings (CLI: --parrot-url, --parrot-proxy-url, --parrot-criteria, ...)."""
+
+    url: str | None = None  # a running serve core; None: mrw launches vLLM + proxy + Parrot
+    proxy_url: str | None = None  # the mrw backend proxy Parrot's engine forwards through
     criteria: str = "latency"  # Parrot's performance criteria: latency | throughput
     models: list[str] = field(default_factory=list)  # restrict to engines serving these models
-    request_timeout_s: float = 30.0  # submit, variables, sessions
-    stall_timeout_s: float = 300.0  # a workflow with no output for this long has hung
+    request_timeout_s: float = 30.0  # submits, variables, sessions
+    stall_timeout_s: float = 600.0  # a workflow with no output for this long has hung
     probe_interval_s: float = 2.0  # session liveness probe (also keeps the session alive)
     preflight: bool = True  # one 1-token call at start: proves an engine runs text calls
     preflight_timeout_s: float = 60.0
+    max_model_len: int | None = None  # refuse calls that cannot fit; default: asked of the backend
+    scheduler: bool = True  # launched Parrot: its DAG/context-aware scheduler switches on
 
 
 class _Fatal(EngineError):
-    """Ends one workflow: Parrot refused, died, dropped the session, or hung."""
+    """Ends one workflow: Parrot refused, died, dropped the session, or hung. `kind` becomes
+    the results' extra.error_kind: "transport" makes the replayer ask health() whether Parrot
+    is dead, "timeout" too, "parrot" is a refusal of this workflow only."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(slots=True)
@@ -213,16 +228,16 @@ class ProxyLedger:
         self.errors: list[dict] = []
         self._lock = asyncio.Lock()
 
-        self.offset = 0.0  # add to a record's time to get this process's time.monotonic()
+        self.offset = 0.0  # add to a record's time (proxy's monotonic) to get our perf_counter
 
     async def health(self) -> dict:
         """Check the proxy and measure its clock against ours (best of 5 round trips), so
         that its records' times can be put on the run's clock even from another host."""
         best = None
         for _ in range(5):
-            t0 = time.monotonic()
+            t0 = time.perf_counter()
             r = await self.client.get(f"{self.url}/health", timeout=5.0)
-            t1 = time.monotonic()
+            t1 = time.perf_counter()
             r.raise_for_status()
             info = r.json()
             if best is None or t1 - t0 < best[0]:
@@ -268,7 +283,7 @@ class ProxyLedger:
 
 
 class ParrotEngine(Engine):
-    """Replays whole workflows through a running Parrot serve core."""
+    """Replays whole workflows through Parrot: attached (`--parrot-url`) or launched."""
 
     name = "parrot"
     capabilities = Capabilities(
@@ -276,49 +291,166 @@ class ParrotEngine(Engine):
         token_id_prompts=False,
         streaming=False,
         whole_workflow=True,
-        metrics_endpoint=False,  # Parrot has none; its backend vLLM may (scraped separately)
+        metrics_endpoint=False,  # Parrot has none; its backend vLLM's is scraped when known
         prefix_caching=True,
         reports_usage=False,  # Parrot returns text only; the proxy adds usage
     )
 
-    def __init__(self, options: ParrotOptions):
-        self.opt = options
-        self.url = options.url.rstrip("/")
+    def __init__(self, options: EngineOptions | None = None, *, parrot: ParrotOptions | None = None) -> None:
+        super().__init__(options)
+        self.opt = parrot or ParrotOptions(url=self.options.url)
+        self.url = self.opt.url.rstrip("/").removesuffix("/v1") if self.opt.url else None
+        self.stack: Any = None  # mrw.launch_parrot.ParrotStack when launched
         self.client: httpx.AsyncClient | None = None
         self.ledger: ProxyLedger | None = None
         self.proxy_info: dict | None = None
-        self.t0 = time.monotonic()  # the replayer sets this to its run's t0
+        self.backend_metrics: str | None = None
+        self.max_model_len = self.opt.max_model_len or self.options.knobs.max_model_len
+        self.process_cpu: dict[str, float | None] = {}
         self._notes: set[str] = set()
         self._proxy_through: bool | None = None  # did the preflight call pass the proxy?
+        proxied = self.embedded or self.opt.proxy_url is not None
+        self.capabilities = dataclasses.replace(
+            type(self).capabilities, exact_output_length=proxied, reports_usage=proxied, metrics_endpoint=self.embedded
+        )
+
+    @classmethod
+    def from_options(cls, options: EngineOptions) -> "ParrotEngine":
+        x = options.extra
+        models = x.get("parrot_models") or ([options.model] if options.model and options.url else [])
+        return cls(
+            options,
+            parrot=ParrotOptions(
+                url=x.get("parrot_url") or options.url,
+                proxy_url=x.get("parrot_proxy_url"),
+                criteria=x.get("parrot_criteria", "latency"),
+                models=list(models),
+                stall_timeout_s=float(x.get("parrot_stall_timeout_s", options.request_timeout_s)),
+                preflight=bool(x.get("parrot_preflight", True)),
+                scheduler=bool(x.get("parrot_scheduler", True)),
+            ),
+        )
+
+    @property
+    def embedded(self) -> bool:
+        return self.opt.url is None
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        self.client = httpx.AsyncClient(
+    async def preflight(self) -> None:
+        if self.opt.criteria not in ("latency", "throughput"):
+            raise KnobError(f"--parrot-criteria {self.opt.criteria}: Parrot knows 'latency' and 'throughput'")
+        if self.embedded:
+            self._launch_spec()  # Parrot importable, vLLM installed, model found: or fail now
+            return
+        knobs = self.options.knobs.set()
+        if knobs:
+            raise KnobError(
+                f"{', '.join(sorted(knobs))}: cannot be applied to the Parrot at {redact_url(self.url)}, which mrw did not "
+                "start; drop --parrot-url so that mrw launches Parrot and its vLLM with them"
+            )
+        async with self._client() as c:
+            await self._probe_core(c)
+            if self.opt.proxy_url:
+                await self._probe_proxy(c)
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             timeout=httpx.Timeout(self.opt.request_timeout_s, connect=5.0),
             # GETs block until Parrot has the output: never let the pool queue them behind each other.
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=128),
+            trust_env=False,
         )
-        self.t0 = time.monotonic()
+
+    async def _probe_core(self, c: httpx.AsyncClient) -> None:
         try:
-            r = await self.client.request("DELETE", f"{self.url}/v1/session/-1", json={"session_id": -1, "session_auth": "1"})
+            r = await c.request("DELETE", f"{self.url}/v1/session/-1", json={"session_id": -1, "session_auth": "1"}, timeout=10.0)
         except httpx.HTTPError as e:
-            raise EngineUnreachable(f"nothing answers at Parrot URL {self.url} ({type(e).__name__}); start Parrot's serve core or use --launch") from None
+            raise EngineUnreachable(
+                f"nothing answers at Parrot URL {redact_url(self.url)} ({why_unreachable(e)}); start Parrot's serve core, "
+                "or drop --parrot-url so that mrw launches it"
+            ) from None
         if r.status_code != 500 or "ParrotError" not in r.text:
-            raise EngineUnreachable(f"{self.url} answers, but not like a Parrot serve core (HTTP {r.status_code} to a session probe); check --parrot-url")
+            raise EngineUnreachable(f"{redact_url(self.url)} answers, but not like a Parrot serve core (HTTP {r.status_code} to a session probe); check --parrot-url")
+
+    async def _probe_proxy(self, c: httpx.AsyncClient) -> None:
+        ledger = ProxyLedger(c, self.opt.proxy_url)
+        try:
+            self.proxy_info = await ledger.health()
+        except httpx.HTTPError as e:
+            raise EngineUnreachable(f"the mrw backend proxy at {redact_url(self.opt.proxy_url)} does not answer ({why_unreachable(e)})") from None
+        backend = self.proxy_info.get("backend")
+        if backend:
+            try:
+                r = await c.get(f"{backend}/metrics", timeout=5.0)
+                if r.status_code == 200 and "vllm:" in r.text:
+                    self.backend_metrics = f"{backend}/metrics"
+                    self.capabilities = dataclasses.replace(self.capabilities, metrics_endpoint=True)
+            except httpx.HTTPError:
+                pass
+
+    def _launch_spec(self) -> tuple[Any, Any, Any]:
+        """What a launch needs, checked before any run directory exists."""
+        from mrw.launch import VllmOptions, free_port, vllm_distribution
+        from mrw.launch_parrot import ParrotLaunchOptions, find_parrot
+
+        find_parrot()
+        if vllm_distribution() is None:
+            raise LaunchError("vLLM is not installed, and Parrot is launched in front of a vLLM: run scripts/setup, or pass --parrot-url")
+        from .vllm import resolve_model
+
+        spec = resolve_model(self.options.model)
+        k = self.options.knobs
+        vopts = VllmOptions(
+            max_num_seqs=k.max_num_seqs, prefix_caching=k.prefix_caching, gpu_memory_utilization=k.gpu_memory_utilization,
+            max_model_len=k.max_model_len, extra_args=list(k.engine_args),
+        )  # fmt: skip
+        popts = ParrotLaunchOptions(core_port=free_port(), engine_port=free_port(), proxy_port=free_port())
+        popts.app_fifo = popts.graph_group = popts.ctx_group = popts.ctx_aware = self.opt.scheduler
+        if k.max_num_seqs:
+            popts.tasks_capacity = k.max_num_seqs
+        return spec, vopts, popts
+
+    async def start(self) -> None:
+        if self.embedded and self.stack is None:
+            from mrw.launch_parrot import ParrotStack
+
+            spec, vopts, popts = self._launch_spec()
+            run_dir = Path(self.options.log_dir) if self.options.log_dir else Path(tempfile.mkdtemp(prefix="mrw-parrot-"))
+            self.stack = ParrotStack(run_dir, spec, vopts, popts, quiet=bool(self.options.extra.get("quiet")))
+            await _start_stack(self.stack)
+            self.url, self.opt.proxy_url = self.stack.core_url, self.stack.proxy_url
+            if self.stack.vllm is not None:
+                self.backend_metrics = self.stack.vllm.root_url + "/metrics"
+        self.client = self._client()
+        await self._probe_core(self.client)
         if self.opt.proxy_url:
             self.ledger = ProxyLedger(self.client, self.opt.proxy_url)
             try:
                 self.proxy_info = await self.ledger.health()
                 await self.ledger.refresh()  # start after what is already there
             except httpx.HTTPError as e:
-                raise EngineUnreachable(f"the mrw backend proxy at {self.opt.proxy_url} does not answer ({type(e).__name__})") from None
+                raise EngineUnreachable(f"the mrw backend proxy at {redact_url(self.opt.proxy_url)} does not answer ({why_unreachable(e)})") from None
             self.ledger.pool.clear()
             self.ledger.errors.clear()
+            if self.max_model_len is None:
+                self.max_model_len = await self._backend_max_model_len()
         if self.opt.preflight:
-            await self._preflight()
+            await self._preflight_call()
 
-    async def _preflight(self) -> None:
+    async def _backend_max_model_len(self) -> int | None:
+        """The backend's context length (vLLM's /v1/models), through the proxy: calls that
+        cannot fit are refused here, because a backend error kills Parrot's engine and core."""
+        try:
+            r = await self.client.get(f"{self.opt.proxy_url}/v1/models", timeout=10.0)
+            models = r.json().get("data") or []
+        except (httpx.HTTPError, ValueError):
+            return None
+        lens = [m.get("max_model_len") for m in models if isinstance(m, dict) and (not self.opt.models or m.get("id") in self.opt.models)]
+        lens = [int(x) for x in lens if isinstance(x, int)]
+        return min(lens) if lens else None
+
+    async def _preflight_call(self) -> None:
         """One 1-token call: Parrot hangs GETs forever when no engine can run a call (no
         engine registered, model_type or model mismatch), so find out now, not mid-run."""
         sid, auth = await self._open_session()
@@ -336,13 +468,13 @@ class ParrotEngine(Engine):
                 )
             except httpx.ReadTimeout:
                 raise EngineError(
-                    f"Parrot at {self.url} accepted a 1-token test call but did not run it within {self.opt.preflight_timeout_s:.0f} s: "
+                    f"Parrot at {redact_url(self.url)} accepted a 1-token test call but did not run it within {self.opt.preflight_timeout_s:.0f} s: "
                     "no OpenAI-type engine (model_type 'text') is registered"
                     + (f" for models {self.opt.models}" if self.opt.models else "")
                     + ", or its backend does not answer; check Parrot's engine log"
                 ) from None
             except httpx.HTTPError as e:
-                raise EngineError(f"Parrot at {self.url} failed a 1-token test call ({type(e).__name__}): {await self._why_dead()}") from None
+                raise EngineError(f"Parrot at {redact_url(self.url)} failed a 1-token test call ({why_unreachable(e)}): {await self._why_dead()}") from None
             if r.status_code != 200:
                 raise EngineError(f"Parrot failed a 1-token test call: {parrot_message(r)}")
             if self.ledger is not None:
@@ -350,9 +482,10 @@ class ParrotEngine(Engine):
                 self._proxy_through = rec is not None
                 if rec is None:
                     self._notes.add(
-                        f"parrot: the preflight call did not pass the mrw backend proxy at {self.opt.proxy_url}: "
+                        f"parrot: the preflight call did not pass the mrw backend proxy at {redact_url(self.opt.proxy_url)}: "
                         "Parrot's engine forwards elsewhere, so output lengths are not forced and token counts are missing"
                     )
+                    self.capabilities = dataclasses.replace(self.capabilities, exact_output_length=False, reports_usage=False)
         finally:
             await self._close_session(sid, auth)
 
@@ -363,21 +496,50 @@ class ParrotEngine(Engine):
             except Exception:
                 pass
             self.client = None
+        stack, self.stack = self.stack, None
+        if stack is not None:
+            try:
+                self.process_cpu = stack.process_cpu()
+                await asyncio.to_thread(stack.stop)
+            except Exception:
+                pass
+
+    async def health(self) -> str | None:
+        if self.stack is not None:
+            why = self.stack.check_alive()
+            if why:
+                return f"part of the Parrot stack mrw launched is gone: {why}"
+        try:
+            async with self._client() as c:
+                r = await c.request("DELETE", f"{self.url}/v1/session/-1", json={"session_id": -1, "session_auth": "1"}, timeout=5.0)
+            if "ParrotError" in r.text:
+                return None
+            return f"Parrot's serve core at {redact_url(self.url)} answers HTTP {r.status_code}, not like Parrot"
+        except httpx.HTTPError as e:
+            return f"Parrot's serve core at {redact_url(self.url)} does not answer ({why_unreachable(e)}): {await self._why_dead()}"
+
+    def log_path(self) -> Path | None:
+        if self.stack is not None:
+            return self.stack.run_dir / "parrot_core.log"
+        return None
+
+    def metrics_url(self) -> str | None:
+        return self.backend_metrics
 
     def fidelity(self) -> Fidelity:
-        proxied = self.ledger is not None and self._proxy_through is not False
-        f = Fidelity(output_length_forced=proxied, input_length_checked=proxied, ttft_measured=False)
+        proxied = self.capabilities.exact_output_length
+        f = Fidelity(output_length_forced=proxied, input_length_checked=False, ttft_measured=False)
         f.notes.append("parrot: no streaming; TTFT and inter-token times are not measured (t_first_token is null); "
                        "a call's end is when its blocking GET returned")  # fmt: skip
         f.notes.append(
-            "parrot: t_issue is when the call could start: submitted, and for the outputs it splices, when those existed in "
-            "Parrot (their backend end via the proxy, else their GET answer); so e2e is the span Parrot owned; "
-            "extra.t_submit is when mrw submitted it"
+            "parrot: t_issue is when the call could start as the application sees it (submitted, and every dependency's "
+            "GET answered); Parrot starts it a little earlier, as soon as the outputs it splices exist (extra.t_ready, "
+            "from the backend end times); extra.t_submit is when mrw submitted it"
         )
         f.notes.append(
             "parrot: chat roles are flattened: Parrot merges a call's text into one user message, so the trace's "
             f"messages are joined with {MESSAGE_SEP!r} and the backend's chat template sees one user turn "
-            "(it may add its default system prompt); input tokens differ from the recorded ones by that markup"
+            "(it may add its default system prompt); input tokens are reported but differ from the recorded ones by that markup"
         )
         f.notes.append(
             "parrot: calls with a recorded wait_s, or with a dependency whose output they do not splice in, are submitted "
@@ -393,21 +555,42 @@ class ParrotEngine(Engine):
                 "parrot: no mrw backend proxy, so output length is capped by max_gen_length but not forced (Parrot's "
                 "OpenAI-type engine drops ignore_tokenizer_eos) and token counts are unknown"
             )
+        if self.max_model_len:
+            f.notes.append(
+                f"parrot: calls needing more than the backend's max_model_len ({self.max_model_len}) tokens are refused by mrw "
+                "before submission: a backend error ends Parrot's engine and core (fail-fast), and with them the run"
+            )
+        if self.process_cpu:
+            cpu = ", ".join(f"{k} {v:.1f} s" for k, v in self.process_cpu.items() if v is not None)
+            f.notes.append(f"parrot: CPU time of the launched Parrot-side processes over the run: {cpu} "
+                           "(Parrot's engine loop polls every microsecond, so it keeps one host core busy)")  # fmt: skip
         f.notes.extend(sorted(self._notes))
         return f
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "engine": "parrot",
-            "url": self.url,
+            "mode": "embedded" if self.stack is not None else "attached",
+            "url": redact_url(self.url) if self.url else None,
             "criteria": self.opt.criteria,
             "models": self.opt.models,
             "session_per": "workflow",
-            "proxy": bool(self.ledger),
+            "proxy": self.ledger is not None,
+            "max_model_len": self.max_model_len,
         }
         if self.proxy_info:
-            d["backend"] = self.proxy_info.get("backend")
+            d["backend"] = redact_url(self.proxy_info.get("backend") or "")
             d["proxy_forces_length"] = self.proxy_info.get("force_length")
+        if self.stack is not None:
+            launched = self.stack.describe()
+            d.update({k: launched[k] for k in ("parrot_commit", "parrot", "served_model", "startup_s") if k in launched})
+            d["model"] = launched.get("served_model")
+            if "vllm" in launched:
+                v = launched["vllm"]
+                d["backend_engine"] = {k: v.get(k) for k in ("distribution", "version", "device", "launch_flags", "model_path", "tokenizer")}
+                d["model_path"] = v.get("model_path")
+                d["server_version"] = v.get("version")
+            d["logs"] = sorted(p.name for p in self.stack.run_dir.glob("parrot_*") if p.suffix in (".log", ".jsonl"))
         return d
 
     # ------------------------------------------------------------------ HTTP
@@ -417,11 +600,11 @@ class ParrotEngine(Engine):
         try:
             r = await self.client.request(method, f"{self.url}{path}", json=body)
         except httpx.TimeoutException:
-            raise _Fatal(f"Parrot at {self.url} did not answer {what} within {self.opt.request_timeout_s:.0f} s") from None
+            raise _Fatal(f"Parrot at {redact_url(self.url)} did not answer {what} within {self.opt.request_timeout_s:.0f} s", "timeout") from None
         except httpx.HTTPError as e:
-            raise _Fatal(f"Parrot at {self.url} stopped answering ({type(e).__name__} on {what}): {await self._why_dead()}") from None
+            raise _Fatal(f"Parrot at {redact_url(self.url)} stopped answering ({why_unreachable(e)} on {what}): {await self._why_dead()}", "transport") from None
         if r.status_code != 200:
-            raise _Fatal(f"Parrot refused {what}: {parrot_message(r)}")
+            raise _Fatal(f"Parrot refused {what}: {parrot_message(r)}", "parrot")
         return r.json()
 
     async def _why_dead(self) -> str:
@@ -445,12 +628,34 @@ class ParrotEngine(Engine):
 
     # ------------------------------------------------------------------ replay
 
-    def _now(self) -> float:
-        return time.monotonic() - self.t0
-
     async def run_workflow(self, workflow: Workflow, requests: dict[str, Request], sink: ResultSink) -> None:
-        run = _WorkflowRun(self, workflow, requests, sink)
-        await run.run()
+        await _WorkflowRun(self, workflow, requests, sink).run()
+
+
+async def _start_stack(stack: Any) -> None:
+    """Start the Parrot stack (blocking: spawn + health waits with progress) off the loop; if
+    interrupted, stop whatever it had started."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future = loop.create_future()
+
+    def target() -> None:
+        try:
+            stack.start()
+        except BaseException as e:  # noqa: BLE001 - handed to the loop
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+        else:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+
+    th = threading.Thread(target=target, name="parrot-start", daemon=True)
+    th.start()
+    try:
+        await fut
+    except asyncio.CancelledError:
+        th.join(timeout=10)  # let a half-spawned child register before stopping all of them
+        stack.stop()
+        raise
 
 
 class _WorkflowRun:
@@ -478,35 +683,61 @@ class _WorkflowRun:
         self.auth: dict = {}
         self._submit_lock = asyncio.Lock()
         self.tasks: set[asyncio.Task] = set()
-        for cid, sc in self.plans.items():
+        self.refused = self._refusals()
+        for sc in self.plans.values():
             if sc.dropped_sampling:
                 eng._notes.add(f"parrot: sampling keys {sc.dropped_sampling} are not forwarded by Parrot's OpenAI-type engine")
 
+    def _refusals(self) -> dict[str, str]:
+        """Calls that cannot fit the backend's context, and everything downstream of them."""
+        limit = self.eng.max_model_len
+        out: dict[str, str] = {}
+        for cid, c in self.calls.items():  # topological order
+            bad = [d for d in c.deps if d in out]
+            if bad:
+                out[cid] = f"not issued: dependency {bad[0]} failed"
+                continue
+            if limit is None:
+                continue
+            req = self.reqs.get(cid)
+            n_in = (req.expected_input_tokens if req is not None and req.expected_input_tokens else c.input_tokens) or 0
+            n_out = self.plans[cid].max_gen_length
+            if n_in + n_out > limit:
+                out[cid] = (
+                    f"refused by mrw: {n_in} input + {n_out} output tokens exceed the backend's max_model_len {limit} "
+                    "(the backend would answer HTTP 400, which ends Parrot's engine and core)"
+                )
+        return out
+
     async def run(self) -> None:
         eng = self.eng
-        self.t_arrival = eng._now()
+        self.t_arrival = eng.now()
         sid = None
         try:
+            for cid, why in self.refused.items():
+                await self._fail(cid, why, "refused")
+            if len(self.refused) == len(self.calls):
+                return
             sid, self.auth = await eng._open_session()
             probe = await eng._post("/v1/semantic_var", {**self.auth, "var_name": "mrw_probe"}, what="a probe variable")
             self.probe_var = probe["var_id"]
             await eng._post(f"/v1/semantic_var/{self.probe_var}", {**self.auth, "content": ""}, what="setting the probe variable")
             await self._submit_batch([cid for cid in self.calls if cid not in self.deferred])
-            for cid in self.deferred:
+            for cid in self.deferred - set(self.refused):
                 self._spawn(self._deferred(cid))
             self._spawn(self._watchdog())
-            while not all(e.is_set() for e in self.done_ev.values()):
+            while not all(e.is_set() or cid in self.refused for cid, e in self.done_ev.items()):
                 done, _ = await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
                     self.tasks.discard(t)
                     if not t.cancelled() and t.exception() is not None:
                         raise t.exception()
         except _Fatal as e:
-            await self._fail_rest(str(e))
-            raise EngineError(f"workflow {self.wf.id}: {e}") from None
-        except BaseException:
-            await self._fail_rest("replay interrupted")
-            raise
+            # Reported, not raised: the replayer asks health() after a transport/timeout
+            # failure and ends the run if Parrot is gone; a refusal ends this workflow only.
+            for cid in self.calls:
+                if cid not in self.reported:
+                    await self._fail(cid, f"workflow {self.wf.id}: {e}", e.kind)
         finally:
             for t in self.tasks:
                 t.cancel()
@@ -527,7 +758,7 @@ class _WorkflowRun:
             batch: list[str] = []
             have = set(self.submitted)
             for cid in self.calls:  # topological order
-                if cid in have or (cid not in seeds and cid in self.deferred):
+                if cid in have or cid in self.refused or (cid not in seeds and cid in self.deferred):
                     continue
                 if all(p.ref in have for p in self.plans[cid].pieces if p.kind == "ref"):
                     batch.append(cid)
@@ -537,7 +768,7 @@ class _WorkflowRun:
             for cid in batch:
                 crit = self.eng.opt.criteria if cid not in feeds else None
                 body = self.plans[cid].payload(self.auth, self.var_ids, models=self.eng.opt.models, criteria=crit)
-                t_sent = self.eng._now()  # with output_criteria Parrot may start it before answering
+                t_sent = self.eng.now()  # with output_criteria Parrot may start it before answering
                 info = await self.eng._post("/v1/semantic_call", body, what=f"call {cid}")
                 outs = [p for p in info["param_info"] if p["is_output"]]
                 self.var_ids[cid] = outs[-1]["var_id"]
@@ -553,7 +784,7 @@ class _WorkflowRun:
             await self.done_ev[d].wait()
         ready = max((self.t_end[d] for d in call.deps), default=self.t_arrival)
         self.t_sched[cid] = ready + call.wait_s
-        delay = self.t_sched[cid] - self.eng._now()
+        delay = self.t_sched[cid] - self.eng.now()
         if delay > 0:
             await asyncio.sleep(delay)
         await self._submit_batch([cid])  # its spliced inputs are dependencies, all done
@@ -572,10 +803,13 @@ class _WorkflowRun:
                     continue  # other calls progressed: this one is legitimately waiting
                 raise self._stall() from None
             except httpx.HTTPError as e:
-                raise _Fatal(f"Parrot at {eng.url} stopped answering while call {cid} ran ({type(e).__name__}): {await eng._why_dead()}") from None
+                raise _Fatal(
+                    f"Parrot at {redact_url(eng.url)} stopped answering while call {cid} ran ({why_unreachable(e)}): {await eng._why_dead()}",
+                    "transport",
+                ) from None
         if r.status_code != 200:
-            raise _Fatal(f"Parrot failed call {cid}: {parrot_message(r)}")
-        t_end = eng._now()
+            raise _Fatal(f"Parrot failed call {cid}: {parrot_message(r)}", "parrot")
+        t_end = eng.now()
         self.last_progress = time.monotonic()
         content = r.json()["content"]
         self.outputs[cid] = content
@@ -601,19 +835,19 @@ class _WorkflowRun:
                 "backend_finish_reason": rec.get("finish_reason"),
             }
             self.backend_end[cid] = backend["backend_t_end"]
-        # When could the call start? Parrot starts a call as soon as the outputs it splices exist:
-        # for such a dependency that is when its backend call ended (known with the proxy), a
-        # little before its GET answered us. A call submitted client-side (deferred) could start
-        # when it was submitted, after its dependencies had answered.
-        internal = cid not in self.deferred
-        deps_ready = max(
-            (self.backend_end.get(d, self.t_end[d]) if internal else self.t_end[d] for d in call.deps), default=None
-        )
-        t_issue = self.t_submit[cid] if deps_ready is None else max(self.t_submit[cid], deps_ready)
+        # t_issue: when the application could know the call may start: submitted, and every
+        # dependency's output back at the client (so t_issue >= each dependency's t_end, as for
+        # a call-level engine). Parrot itself starts a call as soon as the outputs it splices
+        # exist, which is a little earlier (before their GETs answer us): extra.t_ready, from
+        # the dependencies' backend end times when the proxy gives them.
+        deps_end = max((self.t_end[d] for d in call.deps), default=None)
+        t_issue = self.t_submit[cid] if deps_end is None else max(self.t_submit[cid], deps_end)
         t_issue = min(t_issue, t_end)
+        if call.deps and cid not in self.deferred and all(d in self.backend_end for d in call.deps):
+            backend["t_ready"] = max(self.t_submit[cid], max(self.backend_end[d] for d in call.deps))
         t_sched = self.t_sched.get(cid)
         if t_sched is None:
-            t_sched = self.t_arrival if deps_ready is None else deps_ready
+            t_sched = self.t_arrival if deps_end is None else deps_end
         res = CallResult(
             call_id=cid,
             workflow_id=self.wf.id,
@@ -623,10 +857,10 @@ class _WorkflowRun:
             t_issue=t_issue,
             t_first_token=None,
             t_end=t_end,
-            expected_input_tokens=req.expected_input_tokens if req is not None else call.input_tokens,
+            expected_input_tokens=req.expected_input_tokens if req is not None else (call.input_tokens or None),
             expected_output_tokens=sc.max_gen_length,
             output=content,
-            extra={"t_submit": self.t_submit[cid], "parrot_session": self.auth["session_id"], "parrot_var_id": self.var_ids[cid], **backend},
+            extra={"t_submit": self.t_submit[cid], "parrot_session": self.auth["session_id"], **backend},
         )
         if eng.ledger is not None:
             if rec is None:
@@ -638,11 +872,12 @@ class _WorkflowRun:
         await self.sink(res)
 
     def _stall(self) -> _Fatal:
-        pending = [c for c in self.calls if c not in self.t_end]
+        pending = [c for c in self.calls if c not in self.t_end and c not in self.refused]
         return _Fatal(
             f"no output came back from Parrot for {self.eng.opt.stall_timeout_s:.0f} s (pending: {', '.join(pending[:5])}"
             f"{', ...' if len(pending) > 5 else ''}): Parrot hangs GETs forever when no engine can run a call "
-            "(none registered, model_type or model mismatch); check its engine, or raise the stall timeout for slow engines"
+            "(none registered, model_type or model mismatch); check its engine, or raise --request-timeout for slow engines",
+            "timeout",
         )
 
     async def _watchdog(self) -> None:
@@ -656,31 +891,33 @@ class _WorkflowRun:
             try:
                 r = await eng.client.request("GET", url, json={**self.auth, "criteria": eng.opt.criteria}, timeout=10.0)
             except httpx.HTTPError as e:
-                raise _Fatal(f"Parrot at {eng.url} stopped answering ({type(e).__name__}): {await eng._why_dead()}") from None
+                raise _Fatal(f"Parrot at {redact_url(eng.url)} stopped answering ({why_unreachable(e)}): {await eng._why_dead()}", "transport") from None
             if r.status_code != 200:
-                raise _Fatal(f"Parrot dropped session {self.auth['session_id']} ({parrot_message(r)}): a call failed inside Parrot; {await eng._why_dead()}")
+                raise _Fatal(
+                    f"Parrot dropped session {self.auth['session_id']} ({parrot_message(r)}): a call failed inside Parrot; {await eng._why_dead()}",
+                    "transport",
+                )
             if time.monotonic() - self.last_progress > eng.opt.stall_timeout_s:
                 raise self._stall()
 
-    async def _fail_rest(self, error: str) -> None:
-        now = self.eng._now()
-        for cid, call in self.calls.items():
-            if cid in self.reported:
-                continue
-            self.reported.add(cid)
-            res = CallResult(
-                call_id=cid,
-                workflow_id=self.wf.id,
-                node=call.node,
-                ok=False,
-                t_scheduled=self.t_sched.get(cid),
-                t_issue=self.t_submit.get(cid),
-                t_end=now,
-                expected_input_tokens=call.input_tokens,
-                expected_output_tokens=self.plans[cid].max_gen_length,
-                error=error,
-            )
-            try:
-                await self.sink(res)
-            except Exception:
-                pass
+    async def _fail(self, cid: str, error: str, kind: str) -> None:
+        if cid in self.reported:
+            return
+        self.reported.add(cid)
+        call = self.calls[cid]
+        req = self.reqs.get(cid)
+        res = CallResult(
+            call_id=cid,
+            workflow_id=self.wf.id,
+            node=call.node,
+            ok=False,
+            t_scheduled=self.t_sched.get(cid),
+            t_issue=self.t_submit.get(cid),
+            t_end=self.eng.now() if cid in self.t_submit else None,
+            expected_input_tokens=req.expected_input_tokens if req is not None else (call.input_tokens or None),
+            expected_output_tokens=self.plans[cid].max_gen_length,
+            error=error,
+            extra={"error_kind": kind},
+        )
+        self.done_ev[cid].set()
+        await self.sink(res)
