@@ -64,14 +64,24 @@ def plain_500(r: httpx.Response) -> None:
     assert r.status_code == 500 and r.text == "Internal Server Error"
 
 
-def test_sessions_are_recycled_ints_and_delete_needs_a_body(c: Client) -> None:
+def test_sessions_are_recycled_ints_and_delete_needs_a_body(backend_proxy, vllm_server) -> None:
+    # Its own double: ids are recycled first-in first-out, so earlier tests' sessions matter.
+    with ParrotDouble(f"{backend_proxy.url}/v1", vllm_server.model.name) as d:
+        _sessions_are_recycled(Client(d.url))
+
+
+def _sessions_are_recycled(c: Client) -> None:
     a = c.session()
     assert isinstance(a["session_id"], int) and a["session_auth"] == "1"
     plain_500(c.req("DELETE", f"/v1/session/{a['session_id']}"))  # no JSON body
     assert c.req("DELETE", f"/v1/session/{a['session_id']}", a).json() == {}
     kind, msg = user_error(c.req("DELETE", f"/v1/session/{a['session_id']}", a))
     assert (kind, msg) == ("RuntimeError", f"Session (session_id={a['session_id']}) not found.")
-    assert c.session()["session_id"] == a["session_id"]  # freed ids are reused
+    b, e = c.session(), c.session()
+    assert (b["session_id"], e["session_id"]) == (a["session_id"], a["session_id"] + 1)  # freed ids are reused first
+    for s in (b, e):
+        c.req("DELETE", f"/v1/session/{s['session_id']}", s)
+    assert [c.session()["session_id"] for _ in range(2)] == [b["session_id"], e["session_id"]]  # first-in first-out
 
 
 def test_execution_is_lazy_until_get(c: Client, backend_proxy) -> None:

@@ -76,9 +76,11 @@ def test_a_core_that_dies_at_start_fails_clearly_and_leaves_nothing(vllm_server,
     stack = ParrotStack(tmp_path / "run", options=opts, backend_url=vllm_server.base_url, served_model=vllm_server.model.name,
                         parrot_src=str(src), quiet=True)  # fmt: skip
     me = psutil.Process()
+    proxies = lambda: {p.pid for p in me.children(recursive=True) if "mrw.backend_proxy" in " ".join(p.cmdline())}  # noqa: E731
+    before = proxies()  # the session's own proxy fixture may be running
     with pytest.raises(LaunchError, match=r"Parrot's serve core on port \d+ exited with code 3 while starting: core: no module named parse"):
         stack.start()
-    assert stack.children == [] and not [p for p in me.children(recursive=True) if "backend_proxy" in " ".join(p.cmdline())]
+    assert stack.children == [] and proxies() == before  # the proxy it had started is stopped
     assert (tmp_path / "run" / "parrot_core.log").exists() and (tmp_path / "run" / "parrot_core.json").exists()
 
 
@@ -102,7 +104,7 @@ def test_real_parrot_stack_replays_a_workflow(vllm_server, tmp_path) -> None:
         results.append(r)
 
     async def main() -> None:
-        eng = ParrotEngine(ParrotOptions(stack.core_url, proxy_url=stack.proxy_url))
+        eng = ParrotEngine(parrot=ParrotOptions(stack.core_url, proxy_url=stack.proxy_url))
         await eng.start()
         try:
             await eng.run_workflow(w, {c.id: Request(c.id, "w", c.node, max_tokens=c.output_tokens) for c in calls}, sink)

@@ -28,6 +28,12 @@ session bad; constant prefixes are global in Parrot, so sharing across workflows
 
 Per-call token counts and backend timings come from the mrw backend proxy (mrw.backend_proxy)
 when Parrot's engine forwards through one; Parrot itself returns only text.
+
+Failures are reported per call, never raised from run_workflow: a refusal fails its workflow
+(error_kind "parrot"); a hang (no output for the stall timeout) or a dead Parrot fails it
+with error_kind "timeout"/"transport", after which the replayer asks health() and ends the
+run if Parrot is gone. Parrot's engine exits on any backend error and takes its serve core
+with it, so calls that cannot fit the backend's context are refused here, unsent.
 """
 
 from __future__ import annotations
@@ -542,6 +548,10 @@ class ParrotEngine(Engine):
             "(it may add its default system prompt); input tokens are reported but differ from the recorded ones by that markup"
         )
         f.notes.append(
+            "parrot: Parrot splices the live upstream outputs into downstream prompts (as --live-refs does), never the "
+            "recorded ones; compare with call-level engines replayed with --live-refs"
+        )
+        f.notes.append(
             "parrot: calls with a recorded wait_s, or with a dependency whose output they do not splice in, are submitted "
             "client-side once their dependencies are done plus the wait (Parrot cannot express tool time or pure ordering edges)"
         )
@@ -782,7 +792,7 @@ class _WorkflowRun:
         call = self.calls[cid]
         for d in call.deps:
             await self.done_ev[d].wait()
-        ready = max((self.t_end[d] for d in call.deps), default=self.t_arrival)
+        ready = max((self.t_end[d] for d in call.deps if d in self.t_end), default=self.t_arrival)
         self.t_sched[cid] = ready + call.wait_s
         delay = self.t_sched[cid] - self.eng.now()
         if delay > 0:
@@ -840,7 +850,7 @@ class _WorkflowRun:
         # a call-level engine). Parrot itself starts a call as soon as the outputs it splices
         # exist, which is a little earlier (before their GETs answer us): extra.t_ready, from
         # the dependencies' backend end times when the proxy gives them.
-        deps_end = max((self.t_end[d] for d in call.deps), default=None)
+        deps_end = max((self.t_end[d] for d in call.deps if d in self.t_end), default=None)
         t_issue = self.t_submit[cid] if deps_end is None else max(self.t_submit[cid], deps_end)
         t_issue = min(t_issue, t_end)
         if call.deps and cid not in self.deferred and all(d in self.backend_end for d in call.deps):
