@@ -295,12 +295,20 @@ def _analyze_sweep(path: Path, *, figures: bool = True, as_json: bool = False) -
               help="Power timeline sampling period.")
 @click.option("--cap", type=float, default=None, help="GPU power cap in watts, per GPU; restored afterwards.")
 @click.option("--lock-clocks", default=None, help="Lock GPU SM clocks: MHZ or MIN-MAX; reset afterwards.")
+# -- Parrot (--engine parrot); see docs/engines.md
+@click.option("--parrot-url", help="Attach to a running Parrot serve core. Default: launch vLLM + mrw proxy + Parrot (needs MRW_PARROT_SRC).")
+@click.option("--parrot-proxy-url", help="The mrw backend proxy Parrot's engine forwards through (exact output lengths, token counts).")
+@click.option("--parrot-criteria", type=click.Choice(["latency", "throughput"]), default="latency", show_default=True,
+              help="Parrot's performance criteria for every output.")
+@click.option("--parrot-sched/--no-parrot-sched", default=True, show_default=True,
+              help="Launched Parrot: its DAG- and context-aware scheduler switches (app_fifo, graph_group, ctx_group, ctx_aware).")
 def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Path | None, time_scale: float, rate: float | None,
            seed: int, wait_scale: float, live_refs: bool, force_length: bool, max_workflows: int | None, max_num_seqs: int | None,
            prefix_caching: bool | None, gpu_memory_utilization: float | None, max_model_len: int | None,
            engine_args: tuple[str, ...], openai_extra: str | None, openai_supports: str | None, api_key_env: str,
            request_timeout: float, max_connections: int, save_outputs: bool, no_token_times: bool, quiet: bool,
-           meter_spec: str, baseline_s: float, meter_period_ms: float, cap: float | None, lock_clocks: str | None) -> None:
+           meter_spec: str, baseline_s: float, meter_period_ms: float, cap: float | None, lock_clocks: str | None,
+           parrot_url: str | None, parrot_proxy_url: str | None, parrot_criteria: str, parrot_sched: bool) -> None:
     """Replay TRACE against an engine into a run directory (then: mrw analyze RUN_DIR)."""
     import shlex
 
@@ -325,6 +333,13 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
             raise KnobError("--openai-extra: must be a JSON object, e.g. '{\"top_k\": 1}'")
     if openai_supports:
         extra["supports"] = [s.strip() for s in openai_supports.split(",") if s.strip()]
+    if engine == "parrot":
+        if url and parrot_url:
+            raise click.BadParameter("give the serve core once, as --parrot-url", param_hint="--url/--parrot-url")
+        url = parrot_url or url
+        extra.update(parrot_proxy_url=parrot_proxy_url, parrot_criteria=parrot_criteria, parrot_scheduler=parrot_sched)
+    elif parrot_url or parrot_proxy_url:
+        raise click.BadParameter("only with --engine parrot", param_hint="--parrot-url/--parrot-proxy-url")
     knobs = EngineKnobs(
         max_num_seqs=max_num_seqs,
         prefix_caching=prefix_caching,
