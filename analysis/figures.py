@@ -445,7 +445,7 @@ def fig_breakdown_sweep(agg, out: Path) -> FigureResult:
     fig, ax = _new((SIZE[0] + 2, h))
     _stacked(ax, [str(r["point"]) for r in rows], parts)  # type: ignore[arg-type]
     _style(ax, "Where a workflow's time goes: mean critical path per point", "seconds", "")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, frameon=False)
     size = _save(fig, out / f"{name}.png")
     return FigureResult(name, str(out / f"{name}.png"), size_px=size)
 
@@ -459,7 +459,7 @@ def fig_breakdown_run(run_dir: Path, out_png: Path, title: str) -> FigureResult:
     if not sp.exists():
         return FigureResult(name, reason="no summary.json")
     s = orjson.loads(sp.read_bytes())
-    wfs = [w for w in s.get("per_workflow") or [] if w.get("critical_path")]
+    wfs = sorted((w for w in s.get("per_workflow") or [] if w.get("critical_path")), key=lambda w: str(w["id"]))
     if not wfs:
         return FigureResult(name, reason="no complete workflow")
     note = None
@@ -472,7 +472,7 @@ def fig_breakdown_run(run_dir: Path, out_png: Path, title: str) -> FigureResult:
     fig, ax = _new((SIZE[0], h))
     _stacked(ax, [str(w["id"]) for w in wfs], parts)  # type: ignore[arg-type]
     _style(ax, f"Critical path per workflow: {title}", "seconds from arrival", "workflow")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, frameon=False)
     size = _save(fig, out_png)
     return FigureResult(name, str(out_png), note=note, size_px=size)
 
