@@ -314,7 +314,7 @@ def aggregate(df):
     mean = g[metrics].mean()
     std = g[metrics].std(ddof=1).add_suffix("_std")
     n = g.size().rename("n")
-    first = g[["cap_effective_w", "energy_domains", "status"]].first() if "energy_domains" in df else g[["status"]].first()
+    first = g[[c for c in ("cap_effective_w", "energy_domains", "energy_status", "status") if c in df]].first()
     points = g["point"].agg(lambda s: _strip_repeat(s.iloc[0])).rename("point")
     out = pd.concat([points, n, first, mean, std], axis=1).reset_index()
     order = ["point", *keys, "n", *[c for c in first.columns]]
