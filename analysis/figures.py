@@ -102,6 +102,13 @@ NO_ENERGY = (
     "no run measured energy (no NVML GPU, no readable RAPL) and no process CPU time was recorded "
     "for a stand-in; nothing to plot on an energy axis"
 )
+NOT_METERED = "no run was metered (no energy.json in the run directories); nothing to plot on an energy axis"
+
+
+def no_energy_reason(df) -> str:
+    if "energy_status" not in df or df["energy_status"].isna().all():
+        return NOT_METERED
+    return NO_ENERGY
 
 
 # ---------------------------------------------------------------------------- selection
@@ -230,7 +237,7 @@ def _std(row: dict[str, Any], col: str) -> float:
 def fig_energy_vs_batch(agg, out: Path, ax_e: EnergyAxis | None) -> FigureResult:
     name = "energy_per_token_vs_batch"
     if ax_e is None:
-        return FigureResult(name, reason=NO_ENERGY)
+        return FigureResult(name, reason=no_energy_reason(agg))
     batches = [b for b in _values(agg, "batch") if b is not None]
     if len(batches) < 2:
         return FigureResult(name, reason="needs at least two batch sizes (--batch 1,8,32,...)")
@@ -274,7 +281,7 @@ def pareto_front(xs: list[float], ys: list[float]) -> list[int]:
 def fig_pareto(agg, out: Path, ax_e: EnergyAxis | None) -> FigureResult:
     name = "pareto_latency_energy"
     if ax_e is None:
-        return FigureResult(name, reason=NO_ENERGY)
+        return FigureResult(name, reason=no_energy_reason(agg))
     # Length scales change the work itself (half the output is not a cheaper way to do the
     # same thing), so the frontier is taken over the serving knobs only, at one length.
     df, held = _fix(agg, {"batch", "cap_w", "prefix_caching", "max_model_len"})
@@ -324,7 +331,7 @@ def fig_cap(agg, out: Path, ax_e: EnergyAxis | None) -> FigureResult:
     if len(caps) < 2:
         return FigureResult(name, reason="needs at least two power caps (--cap none,300,200)")
     if ax_e is None:
-        return FigureResult(name, reason=NO_ENERGY)
+        return FigureResult(name, reason=no_energy_reason(agg))
     order = sorted(c for c in caps if c is not None) + ([None] if None in caps else [])
     ticks = [f"{c:g} W" if c is not None else "uncapped" for c in order]
     df, held = _fix(agg, {"cap_w", "batch"})
@@ -374,7 +381,7 @@ def fig_energy_vs_output(runs, out: Path, ax_e: EnergyAxis | None) -> FigureResu
     if len(_values(runs, "out_scale")) < 2:
         return FigureResult(name, reason="needs at least two output-length scales (--out-scale 0.5,1,2)")
     if ax_e is None:
-        return FigureResult(name, reason=NO_ENERGY)
+        return FigureResult(name, reason=no_energy_reason(runs))
     df, held = _fix(runs, {"out_scale"})
     df = df[df[ax_e.per_workflow].notna() & df["output_tokens_per_workflow"].notna()]
     fig, ax = _new()
@@ -445,7 +452,7 @@ def fig_breakdown_sweep(agg, out: Path) -> FigureResult:
     fig, ax = _new((SIZE[0] + 2, h))
     _stacked(ax, [str(r["point"]) for r in rows], parts)  # type: ignore[arg-type]
     _style(ax, "Where a workflow's time goes: mean critical path per point", "seconds", "")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, frameon=False)
     size = _save(fig, out / f"{name}.png")
     return FigureResult(name, str(out / f"{name}.png"), size_px=size)
 
@@ -459,7 +466,7 @@ def fig_breakdown_run(run_dir: Path, out_png: Path, title: str) -> FigureResult:
     if not sp.exists():
         return FigureResult(name, reason="no summary.json")
     s = orjson.loads(sp.read_bytes())
-    wfs = [w for w in s.get("per_workflow") or [] if w.get("critical_path")]
+    wfs = sorted((w for w in s.get("per_workflow") or [] if w.get("critical_path")), key=lambda w: str(w["id"]))
     if not wfs:
         return FigureResult(name, reason="no complete workflow")
     note = None
@@ -472,7 +479,7 @@ def fig_breakdown_run(run_dir: Path, out_png: Path, title: str) -> FigureResult:
     fig, ax = _new((SIZE[0], h))
     _stacked(ax, [str(w["id"]) for w in wfs], parts)  # type: ignore[arg-type]
     _style(ax, f"Critical path per workflow: {title}", "seconds from arrival", "workflow")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, frameon=False)
     size = _save(fig, out_png)
     return FigureResult(name, str(out_png), note=note, size_px=size)
 

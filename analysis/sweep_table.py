@@ -290,7 +290,7 @@ def runs_frame(rows: Iterable[dict[str, Any]]):
     for c in ("cap_w", "cap_effective_w", "out_scale", "in_scale"):
         if c in df:
             df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    return df
+    return df.copy()  # one block per dtype again after the column-wise conversions
 
 
 def numeric_metric_columns(df) -> list[str]:
@@ -309,17 +309,18 @@ def aggregate(df):
         return df
     metrics = numeric_metric_columns(df)
     keys = [k for k in KEY_COLUMNS if k in df.columns]
+    df = df.copy()
     g = df.groupby(keys, dropna=False, sort=False)
     mean = g[metrics].mean()
     std = g[metrics].std(ddof=1).add_suffix("_std")
     n = g.size().rename("n")
-    first = g[["cap_effective_w", "energy_domains", "status"]].first() if "energy_domains" in df else g[["status"]].first()
+    first = g[[c for c in ("cap_effective_w", "energy_domains", "energy_status", "status") if c in df]].first()
     points = g["point"].agg(lambda s: _strip_repeat(s.iloc[0])).rename("point")
     out = pd.concat([points, n, first, mean, std], axis=1).reset_index()
     order = ["point", *keys, "n", *[c for c in first.columns]]
     for m in metrics:
         order += [m, f"{m}_std"]
-    return out[order]
+    return out[order].copy()
 
 
 def _strip_repeat(name: str) -> str:
@@ -390,15 +391,19 @@ def print_table(agg_df, console: Any, title: str = "sweep") -> None:
     from rich.table import Table
 
     t = Table(title=title, title_justify="left")
-    t.add_column("point", overflow="fold")
+    t.add_column("point", no_wrap=True)
     t.add_column("n", justify="right")
-    cols = [c for c in PRINT_COLUMNS if c[1] in agg_df.columns]
+    # a column nothing measured (energy on a machine without meters) is left out, and said so
+    cols = [c for c in PRINT_COLUMNS if c[1] in agg_df.columns and agg_df[c[1]].notna().any()]
+    missing = [label for label, col, _ in PRINT_COLUMNS if (label, col, _) not in cols]
     for label, _, _ in cols:
         t.add_column(label, justify="right")
     for _, r in agg_df.iterrows():
         rd = r.to_dict()
         t.add_row(str(rd["point"]), str(rd["n"]), *[_pm(rd, c, sc) for _, c, sc in cols])
     console.print(t)
+    if missing:
+        console.print(f"not measured in any run: {', '.join(missing)}", style="dim", highlight=False, soft_wrap=True)
 
 
 def analyze_sweep(root: str | os.PathLike, console: Any = None, *, figures: bool = True, refresh: bool = True) -> dict[str, Any]:
@@ -423,11 +428,17 @@ def analyze_sweep(root: str | os.PathLike, console: Any = None, *, figures: bool
         figs = make_figures(r, df, agg)
         result["figures"] = [f.to_dict() for f in figs]
         if console is not None:
+            skipped_runs: dict[tuple[str, str], int] = {}
             for f in figs:
                 if f.path:
                     console.print(f"figure: {f.path}" + (f"  [{f.note}]" if f.note else ""), highlight=False, soft_wrap=True)
+                elif ":" in f.name:  # a per-run figure: one line per kind and reason, not one per run
+                    key = (f.name.split(":")[0], str(f.reason))
+                    skipped_runs[key] = skipped_runs.get(key, 0) + 1
                 else:
                     console.print(f"figure {f.name} skipped: {f.reason}", style="yellow", highlight=False, soft_wrap=True)
+            for (kind, reason), n in skipped_runs.items():
+                console.print(f"figure {kind} skipped for {n} run(s): {reason}", style="yellow", highlight=False, soft_wrap=True)
     if console is not None:
         for p in paths:
             console.print(f"table: {p}", highlight=False)

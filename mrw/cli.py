@@ -163,6 +163,9 @@ def info(file: Path, as_json: bool, show_workflows: bool) -> None:
 @click.option("--seed", type=int, help="Seed of the Poisson arrivals.")
 @click.option("--workflows", "max_workflows", type=click.IntRange(min=1), help="Replay only the first N workflows of each trace.")
 @click.option("--count-tokens", type=click.Choice(["auto", "model", "estimate"]), help="How scaled traces get input_tokens (default auto: the served model's tokenizer when it is the trace's).")
+@click.option("--meter", "meter_spec", help="Energy meters around each point: any of nvml,rapl,process, or none (default all).")
+@click.option("--baseline-s", type=click.FloatRange(min=0), help="Idle seconds metered before each point (default 3).")
+@click.option("--meter-period-ms", type=click.FloatRange(5, 10000), help="Power timeline sampling period (default 50).")
 @click.option("--reset-prefix-cache/--no-reset-prefix-cache", default=None, help="Empty the engine's prefix cache before each point (default on).")
 @click.option("--dry-run", is_flag=True, help="Print the points in run order and what is done already; run nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
@@ -170,7 +173,8 @@ def sweep(traces: tuple[Path, ...], config: Path | None, out: Path | None, engin
           batch: str | None, cap: str | None, out_scale: str | None, in_scale: str | None, prefix_caching: str | None,
           max_model_len: str | None, repeat: int | None, gpu_memory_utilization: float | None, engine_args: tuple[str, ...],
           port: int | None, time_scale: float | None, wait_scale: float | None, rate: float | None, seed: int | None,
-          max_workflows: int | None, count_tokens: str | None, reset_prefix_cache: bool | None, dry_run: bool, quiet: bool) -> None:
+          max_workflows: int | None, count_tokens: str | None, meter_spec: str | None, baseline_s: float | None,
+          meter_period_ms: float | None, reset_prefix_cache: bool | None, dry_run: bool, quiet: bool) -> None:
     """Replay TRACES over a grid of knobs, one run directory per point; rerun to resume.
 
     The engine is relaunched only when a launch-time knob (batch size, prefix caching, model
@@ -190,6 +194,7 @@ def sweep(traces: tuple[Path, ...], config: Path | None, out: Path | None, engin
             setattr(cfg, name, sw.parse_list(val, kind, name.replace("_", "-")))
     for name, val in (("out", out), ("engine", engine), ("url", url), ("model", model), ("repeat", repeat),
                       ("gpu_memory_utilization", gpu_memory_utilization), ("port", port), ("count_tokens", count_tokens),
+                      ("meters", meter_spec), ("baseline_s", baseline_s), ("meter_period_ms", meter_period_ms),
                       ("reset_prefix_cache", reset_prefix_cache)):
         if val is not None:
             setattr(cfg, name, str(val) if isinstance(val, Path) else val)

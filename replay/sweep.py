@@ -157,6 +157,10 @@ class SweepConfig:
     port: int | None = None  # port for launched engines (default: a free one)
     # replay options, passed to every point (mrw.replay.scheduler.ReplayOptions fields)
     replay: dict[str, Any] = field(default_factory=dict)
+    # energy meters around every point (mrw.replay.meters.MeteringOptions; the cap is the sweep's)
+    meters: str = "nvml,rapl,process"
+    baseline_s: float = 3.0
+    meter_period_ms: float = 50.0
     # hygiene between points
     reset_prefix_cache: bool = True
     warmup: bool = True
@@ -178,7 +182,7 @@ class SweepConfig:
     @classmethod
     def from_dict(cls, doc: dict[str, Any], *, base: Path | None = None, name: str = "config") -> "SweepConfig":
         """The TOML layout: top-level traces/out/engine/repeat, [grid], [engine], [replay], [sweep]."""
-        allowed_top = {"traces", "out", "engine", "repeat", "grid", "replay", "sweep"}
+        allowed_top = {"traces", "out", "engine", "repeat", "grid", "replay", "metering", "sweep"}
         unknown = set(doc) - allowed_top
         if unknown:
             raise SweepError(f"{name}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed_top))}")
@@ -207,6 +211,16 @@ class SweepConfig:
                 setattr(c, k, parse_list(v if isinstance(v, (list, str)) else [v], kind, k.replace("_", "-")))
         rp = doc.get("replay", {})
         c.replay = dict(rp)
+        me = doc.get("metering", {})
+        bad = set(me) - {"meters", "baseline_s", "period_ms"}
+        if bad:
+            raise SweepError(f"{name}: unknown [metering] key(s) {', '.join(sorted(bad))}; allowed: meters, baseline_s, period_ms")
+        if "meters" in me:
+            c.meters = ",".join(me["meters"]) if isinstance(me["meters"], list) else str(me["meters"])
+        if "baseline_s" in me:
+            c.baseline_s = float(me["baseline_s"])
+        if "period_ms" in me:
+            c.meter_period_ms = float(me["period_ms"])
         sw = doc.get("sweep", {})
         for k in ("reset_prefix_cache", "warmup", "count_tokens"):
             if k in sw:
@@ -250,6 +264,16 @@ class SweepConfig:
                 )
         if not launched and self.gpu_memory_utilization is not None:
             raise SweepError("--gpu-memory-utilization needs an engine the sweep launches (vllm without --url)")
+        if self.baseline_s < 0:
+            raise SweepError(f"--baseline-s must be >= 0, got {self.baseline_s}")
+        if not 5 <= self.meter_period_ms <= 10_000:
+            raise SweepError(f"--meter-period-ms must be in [5, 10000], got {self.meter_period_ms}")
+        try:
+            from mrw.replay.meters import parse_meter_spec
+
+            parse_meter_spec(self.meters)
+        except ImportError:
+            pass
         known = set(_replay_option_names() or REPLAY_OPTION_TYPES)
         bad = set(self.replay) - known
         if bad:
@@ -271,6 +295,7 @@ class SweepConfig:
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "engine_args": list(self.engine_args),
             "replay": {k: self.replay[k] for k in sorted(self.replay)},
+            "metering": {"meters": self.meters, "baseline_s": self.baseline_s, "period_ms": self.meter_period_ms},
             "reset_prefix_cache": self.reset_prefix_cache,
             "warmup": self.warmup,
             "count_tokens": self.count_tokens,
@@ -278,6 +303,21 @@ class SweepConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def metering_options(cfg: SweepConfig) -> Any:
+    """The replay's MeteringOptions for every point (None when this build's replay does not
+    meter). The power cap is not in it: the sweep holds caps across points itself."""
+    import inspect
+
+    try:
+        from mrw.replay.driver import replay
+        from mrw.replay.meters import MeteringOptions
+    except ImportError:
+        return None
+    if "metering" not in inspect.signature(replay).parameters:
+        return None
+    return MeteringOptions(meters=cfg.meters, baseline_s=cfg.baseline_s, period_s=cfg.meter_period_ms / 1000.0)
 
 
 def _coerce_replay(d: dict[str, Any]) -> dict[str, Any]:
@@ -1104,6 +1144,10 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
                 trace_files = prepare_traces(root, cfg, traces, [s.point for s in todo], model, log=prog.log)
                 slot = EngineSlot(root, cfg, model)
             ropts = ReplayOptions(**_coerce_replay(cfg.replay))
+            metering = metering_options(cfg)
+            meter_kw = {"metering": metering} if metering is not None else {}
+            if todo and metering is None and cfg.meters not in ("none", ""):
+                prog.log("note: this mrw's replay does not meter energy; the points get no energy.json")
             for s in todo:
                 current = s
                 p = s.point
@@ -1149,7 +1193,7 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
                 t0 = time.perf_counter()
                 outcome = None
                 try:
-                    outcome = replay(trace_file, cfg.engine, eo, ropts, run_dir, progress=prog.replay_progress(p.name))
+                    outcome = replay(trace_file, cfg.engine, eo, ropts, run_dir, progress=prog.replay_progress(p.name), **meter_kw)
                 except EngineError as e:
                     s.status, s.error = "failed", str(e)
                 except MrwError as e:
@@ -1229,12 +1273,12 @@ def _finish_point(run_dir: Path, s: PointState, traces: dict[str, TraceRef], tra
         extra["power_cap"] = knob_rec
     write_point_file(run_dir, s, traces, trace_file, root, extra)
     if (run_dir / "energy.json").exists():
+        # (again) after knobs.json: the cap in force and the batch size the sweep launched
+        # with are what the cross-check and the steady-state window need; finalize is idempotent
         try:
             from mrw.analysis.energy import finalize
 
-            doc = orjson.loads((run_dir / "energy.json").read_bytes())
-            if "windows" not in doc:
-                finalize(run_dir, max_num_seqs=s.point.batch)
+            finalize(run_dir, max_num_seqs=s.point.batch)
         except ImportError:
             pass
         except Exception as e:  # the raw energy.json stays; `mrw analyze` can redo this

@@ -110,6 +110,11 @@ def test_energy_figures_fall_back_to_cpu_time_or_skip(tmp_path):
     agg = st.aggregate(runs)
     figs = {f.name: f for f in fg.make_figures(tmp_path / "a", runs, agg, per_run=False)}
     for name in ("energy_per_token_vs_batch", "pareto_latency_energy", "cap_energy_latency", "energy_vs_output_length"):
+        assert figs[name].path is None and "no run was metered" in figs[name].reason
+    runs["energy_status"] = "complete"  # metered, but no source could measure energy here
+    agg = st.aggregate(runs)
+    figs = {f.name: f for f in fg.make_figures(tmp_path / "a", runs, agg, per_run=False)}
+    for name in ("energy_per_token_vs_batch", "pareto_latency_energy", "cap_energy_latency", "energy_vs_output_length"):
         assert figs[name].path is None and "no run measured energy" in figs[name].reason
     assert figs["latency_breakdown"].path  # not an energy figure: still drawn
     # with the process meter's CPU time, the stand-in axis is used and says so

@@ -84,6 +84,9 @@ prefix_caching = [true, false]
 [replay]
 time_scale = 0.5
 seed = 7
+[metering]
+meters = ["nvml", "process"]
+baseline_s = 1.5
 [sweep]
 warmup = false
 """)
@@ -92,6 +95,7 @@ warmup = false
     assert c.traces == [str(tmp_path / tr.name)] and c.out == str(tmp_path / "study")
     assert (c.batch, c.cap, c.out_scale, c.prefix_caching, c.repeat) == ([1, 8], [None, 300.0], [0.5, 1.0, 2.0], [True, False], 3)
     assert (c.model, c.port, c.warmup, c.replay) == ("tiny", 8650, False, {"time_scale": 0.5, "seed": 7})
+    assert (c.meters, c.baseline_s, c.meter_period_ms) == ("nvml,process", 1.5, 50.0)
     (tmp_path / "bad.toml").write_text("[grid]\nbatchsize = [1]\n")
     with pytest.raises(sw.SweepError, match="unknown \\[grid\\] axis batchsize"):
         sw.SweepConfig.from_toml(tmp_path / "bad.toml")
@@ -111,6 +115,8 @@ def test_validate_refuses_what_cannot_run(tmp_path):
         _cfg(tmp_path, replay={"timescale": 2}).validate()
     with pytest.raises(sw.SweepError, match="'none' is not a scale"):
         _cfg(tmp_path, out_scale=[None]).validate()
+    with pytest.raises(MrwError, match="unknown meter"):
+        _cfg(tmp_path, meters="nvml,watts").validate()
 
 
 def _nvml_works() -> bool:
