@@ -138,5 +138,119 @@ def info(file: Path, as_json: bool, show_workflows: bool) -> None:
         out.print(wt)
 
 
+# ---------------------------------------------------------------------------- replay / analyze
+
+
+def _engine_names() -> list[str]:
+    from mrw.replay.engines.registry import names
+
+    return names()
+
+
+@cli.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--engine", "-e", default="vllm", show_default=True, help="Engine adapter: vllm, openai, parrot, ...")
+@click.option("--url", help="Attach to a running server (e.g. http://localhost:8000/v1). Default: launch the embedded vLLM.")
+@click.option("--model", help="Served model name (attach; default: the only one served) or model to launch.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Run directory (default: runs/TRACE-ENGINE-TIME).")
+@click.option("--time-scale", type=float, default=1.0, show_default=True, help="Multiply recorded arrival offsets (0.5 = twice the load, 0 = all at once).")
+@click.option("--rate", type=float, help="Poisson arrivals at this many workflows/s instead of the recorded offsets.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Poisson arrivals.")
+@click.option("--wait-scale", type=float, default=1.0, show_default=True, help="Multiply recorded tool/think waits (0 = none).")
+@click.option("--live-refs", is_flag=True, help="Splice live upstream outputs into prompts (default: the recorded text).")
+@click.option("--force-length/--no-force-length", default=True, show_default=True, help="Force each output to its recorded token count.")
+@click.option("--workflows", "max_workflows", type=click.IntRange(min=1), help="Replay only the first N workflows.")
+@click.option("--max-num-seqs", type=click.IntRange(min=1), help="Engine batch size (vLLM --max-num-seqs).")
+@click.option("--prefix-caching/--no-prefix-caching", default=None, help="Engine prefix caching on/off (default: engine's).")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.0, 1.0, min_open=True), help="vLLM --gpu-memory-utilization.")
+@click.option("--max-model-len", type=click.IntRange(min=1), help="vLLM --max-model-len.")
+@click.option("--engine-arg", "engine_args", multiple=True, help="Extra launch argument passed through verbatim (repeatable).")
+@click.option("--openai-extra", help="JSON object merged into every request body (vendor fields), --engine openai.")
+@click.option("--openai-supports", help="Comma list of what the server honours: min_tokens,ignore_eos,token_ids,prefix_caching,metrics.")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable holding the API key (never recorded).")
+@click.option("--request-timeout", type=float, default=600.0, show_default=True, help="Seconds of silence on a stream before a call fails.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=4096, show_default=True, help="HTTP connection pool size.")
+@click.option("--save-outputs", is_flag=True, help="Keep generated text in requests.jsonl.")
+@click.option("--no-token-times", is_flag=True, help="Do not keep per-chunk arrival times in requests.jsonl.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Path | None, time_scale: float, rate: float | None,
+           seed: int, wait_scale: float, live_refs: bool, force_length: bool, max_workflows: int | None, max_num_seqs: int | None,
+           prefix_caching: bool | None, gpu_memory_utilization: float | None, max_model_len: int | None,
+           engine_args: tuple[str, ...], openai_extra: str | None, openai_supports: str | None, api_key_env: str,
+           request_timeout: float, max_connections: int, save_outputs: bool, no_token_times: bool, quiet: bool) -> None:
+    """Replay TRACE against an engine into a run directory (then: mrw analyze RUN_DIR)."""
+    import shlex
+
+    import orjson
+
+    from mrw.errors import KnobError
+    from mrw.replay.driver import RichProgress, replay as run_replay
+    from mrw.replay.engines.base import EngineKnobs, EngineOptions
+    from mrw.replay.scheduler import ReplayOptions
+
+    if rate is not None and rate <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--rate")
+    if time_scale < 0 or wait_scale < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--time-scale/--wait-scale")
+    extra: dict = {"api_key_env": api_key_env, "quiet": quiet}
+    if openai_extra:
+        try:
+            extra["body"] = orjson.loads(openai_extra)
+        except orjson.JSONDecodeError as e:
+            raise KnobError(f"--openai-extra: not valid JSON ({e})") from None
+        if not isinstance(extra["body"], dict):
+            raise KnobError("--openai-extra: must be a JSON object, e.g. '{\"top_k\": 1}'")
+    if openai_supports:
+        extra["supports"] = [s.strip() for s in openai_supports.split(",") if s.strip()]
+    knobs = EngineKnobs(
+        max_num_seqs=max_num_seqs,
+        prefix_caching=prefix_caching,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+        engine_args=[a for arg in engine_args for a in shlex.split(arg)],
+    )
+    eo = EngineOptions(url=url, model=model, knobs=knobs, request_timeout_s=request_timeout,
+                       max_connections=max_connections, extra=extra)
+    ro = ReplayOptions(time_scale=time_scale, wait_scale=wait_scale, rate=rate, seed=seed, live_refs=live_refs,
+                       force_output_length=force_length, max_workflows=max_workflows, save_outputs=save_outputs,
+                       token_times=not no_token_times)
+    res = run_replay(trace, engine, eo, ro, out, progress=None if quiet else RichProgress())
+    tc = res.token_check
+    line = f"{res.status}: {res.finished_ok}/{res.total} calls ok, {res.failed} failed, {res.wall_s:.1f} s -> {res.run_dir}"
+    console.print(line, highlight=False, soft_wrap=True)
+    if tc.get("output_mismatch"):
+        ex = ", ".join(f"{e['call_id']} {e['got']}/{e['expected']}" for e in tc["output_examples"][:3])
+        console.print(f"warning: {tc['output_mismatch']} response(s) with an output token count other than recorded (e.g. {ex})",
+                      style="yellow", highlight=False, soft_wrap=True)
+    if res.status == "interrupted":
+        import signal as _signal
+
+        raise SystemExit(128 + (res.signal or _signal.SIGINT))
+    click.echo(str(res.run_dir))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json's content instead of tables.")
+@click.option("--workflows", "show_workflows", is_flag=True, help="Also list every workflow's makespan and critical path.")
+@click.option("--no-write", is_flag=True, help="Do not write summary.json into the run directories.")
+def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_write: bool) -> None:
+    """Summarise run directories: throughput, TTFT/TPOT/E2E, makespans, critical paths, energy.
+    Several RUN_DIRS are compared side by side."""
+    import orjson
+
+    from mrw.analysis import summary as sm
+
+    sums = [sm.summarize(d, write=not no_write) for d in run_dirs]
+    if as_json:
+        doc = sums[0] if len(sums) == 1 else {"runs": sums}
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return
+    if len(sums) == 1:
+        sm.print_summary(sums[0], out, show_workflows=show_workflows)
+    else:
+        sm.print_comparison(sums, out)
+
+
 if __name__ == "__main__":
     main()

@@ -39,3 +39,7 @@ def vllm_server(tiny: ModelSpec, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def traces_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "traces"
+
+
+# Replay fixtures (vllm_url, the small and long test traces): see conftest_replay.py.
+from conftest_replay import long_trace, replay_model_dir, small_trace, vllm_url  # noqa: E402,F401

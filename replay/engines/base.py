@@ -13,7 +13,9 @@ what fidelity it could not enforce (`Fidelity`), never failing silently.
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Awaitable, Callable, ClassVar
 
 from mrw.trace import Workflow
@@ -34,6 +36,36 @@ class Capabilities:
 
 
 @dataclass(slots=True)
+class EngineKnobs:
+    """Engine-side knobs. Applied as launch flags when mrw starts the engine; when it attaches
+    to a running one (`--url`) a knob it cannot apply or verify is an error, never ignored."""
+
+    max_num_seqs: int | None = None  # batch size
+    prefix_caching: bool | None = None
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    engine_args: list[str] = field(default_factory=list)  # passed through verbatim
+
+    def set(self) -> dict[str, Any]:
+        """Only the knobs the user set (for run.json and for error messages)."""
+        return {k: v for k, v in asdict(self).items() if v not in (None, [])}
+
+
+@dataclass(slots=True)
+class EngineOptions:
+    """What every adapter is constructed from; engine-specific settings go in `extra`."""
+
+    url: str | None = None  # attach to a running server; None = the adapter's embedded default
+    model: str | None = None  # served model name (attach) or model path/name (launch)
+    knobs: EngineKnobs = field(default_factory=EngineKnobs)
+    request_timeout_s: float = 600.0  # longest silence on a stream before the call fails
+    connect_timeout_s: float = 10.0
+    max_connections: int = 4096
+    log_dir: Path | None = None  # where a launched engine writes its log (the run directory)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Request:
     """One call as the replayer sends it: prompt already rendered, lengths forced."""
 
@@ -47,6 +79,7 @@ class Request:
     ignore_eos: bool = True
     expected_input_tokens: int | None = None
     sampling: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, seed, ...
+    keep_output: bool = False  # return the generated text (needed for --live-refs)
 
 
 @dataclass(slots=True)
@@ -58,6 +91,7 @@ class CallResult:
     workflow_id: str
     node: str
     ok: bool
+    t_arrival: float | None = None  # when its workflow arrived (run time)
     t_scheduled: float | None = None  # when the replay schedule wanted it issued
     t_issue: float | None = None
     t_first_token: float | None = None
@@ -67,6 +101,8 @@ class CallResult:
     expected_input_tokens: int | None = None  # as recorded in the trace
     expected_output_tokens: int | None = None
     token_times: list[float] | None = None  # arrival time of each streamed chunk with tokens
+    deps: list[str] = field(default_factory=list)  # from the trace, so analysis needs no trace
+    wait_s: float = 0.0  # the tool/think wait the schedule applied (scaled)
     error: str | None = None
     output: str | None = None  # kept in memory for --live-refs; not written by default
     extra: dict[str, Any] = field(default_factory=dict)
@@ -117,17 +153,49 @@ ResultSink = Callable[[CallResult], Awaitable[None]]
 
 
 class Engine(abc.ABC):
-    """An engine adapter. Construct with its options, `await start()`, replay, `await close()`."""
+    """An engine adapter.
+
+    Life cycle, driven by the replayer: `Engine(options)`, `await preflight()` (cheap checks
+    before any run directory exists: reachable, knobs applicable), `await start()` (launch
+    the engine if needed, open clients), calls or workflows, `await close()` (always, on
+    every exit path; stops what start() launched).
+
+    Times in CallResult are `self.now()`: seconds since the run's t0, set by the replayer.
+    """
 
     name: ClassVar[str]
-    capabilities: ClassVar[Capabilities]
+    capabilities: Capabilities  # class default; an instance may narrow or widen it from its options
+
+    def __init__(self, options: EngineOptions | None = None) -> None:
+        self.options = options or EngineOptions()
+        self.t0 = time.perf_counter()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    async def preflight(self) -> None:
+        """Fail fast with one clear line (EngineUnreachable, KnobError, LaunchError) before a
+        run directory is made. Default: nothing to check."""
 
     @abc.abstractmethod
     async def start(self) -> None:
-        """Open clients and check the engine answers; raise EngineUnreachable if not."""
+        """Launch (if embedded) and open clients; raise EngineUnreachable / LaunchError if not."""
 
     async def close(self) -> None:
-        """Release clients. Never raises."""
+        """Release clients and stop anything start() launched. Never raises."""
+
+    async def health(self) -> str | None:
+        """None while the engine is alive, else why not (one line). Asked after a transport
+        error, so that one dropped connection is told apart from a dead engine."""
+        return None
+
+    def log_path(self) -> Path | None:
+        """The engine's log file, when mrw launched it."""
+        return None
+
+    def metrics_url(self) -> str | None:
+        """A Prometheus endpoint the replayer scrapes into metrics.jsonl, if the engine has one."""
+        return None
 
     def fidelity(self) -> Fidelity:
         """What this engine, as configured, can enforce. Adapters refine this."""

@@ -1,0 +1,302 @@
+"""One replay, end to end: checks, run directory, engine, scraper, scheduler, the end.
+
+Order matters for the "nothing half-made, nothing lost" rules:
+1. load + validate the trace, refuse what cannot be replayed, resolve the engine and its
+   knobs, and `preflight()` it (an unreachable URL fails here, before any directory exists);
+2. create the run directory and write run.json (status "running");
+3. `start()` the engine (launching it, log into the run directory, if embedded);
+4. scrape /metrics, run the scheduler, append each result to requests.jsonl;
+5. on every exit path (done, engine death, SIGINT/SIGTERM, a bug): mark unfinished calls,
+   stop the scraper, close the engine (stopping what was launched), write the final status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mrw.errors import EngineError, MrwError
+from mrw.trace import load
+
+from . import run as runmod
+from .engines.base import CallResult, Engine, EngineOptions
+from .engines.openai_compat import redact_url
+from .engines.registry import get_engine
+from .metrics_scrape import MetricsScraper
+from .scheduler import EngineDied, ReplayOptions, Scheduler, check_feasible, select_workflows
+
+
+@dataclass(slots=True)
+class ReplayOutcome:
+    run_dir: Path
+    status: str  # completed | interrupted | failed
+    error: str | None
+    total: int
+    finished_ok: int
+    failed: int
+    wall_s: float
+    token_check: dict[str, Any] = field(default_factory=dict)
+    signal: int | None = None
+
+
+class Progress:
+    """Progress display hook: `start(total)`, `update(done, failed)`, `stop()`."""
+
+    def start(self, total: int, label: str) -> None: ...
+    def update(self, done: int, failed: int) -> None: ...
+    def stop(self) -> None: ...
+
+
+class RichProgress(Progress):
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
+
+        self._p = RP(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            refresh_per_second=4,
+        )
+        self._task = None
+
+    def start(self, total: int, label: str) -> None:
+        self._p.start()
+        self._task = self._p.add_task(label, total=total, failed="")
+
+    def update(self, done: int, failed: int) -> None:
+        if self._task is not None:
+            self._p.update(self._task, completed=done, failed=f"{failed} failed" if failed else "")
+
+    def stop(self) -> None:
+        self._p.stop()
+
+
+def _engine_options_record(o: EngineOptions) -> dict[str, Any]:
+    return {
+        "url": redact_url(o.url) if o.url else None,
+        "model": o.model,
+        "request_timeout_s": o.request_timeout_s,
+        "connect_timeout_s": o.connect_timeout_s,
+        "max_connections": o.max_connections,
+    }
+
+
+async def replay_async(
+    trace_path: str | os.PathLike,
+    engine_name: str,
+    engine_options: EngineOptions,
+    opts: ReplayOptions,
+    out: str | os.PathLike | None = None,
+    *,
+    progress: Progress | None = None,
+    on_scheduler: Callable[[Scheduler | None, asyncio.Task], None] | None = None,
+) -> ReplayOutcome:
+    trace = load(trace_path)
+    workflows = select_workflows(trace, opts)
+    engine_cls = get_engine(engine_name)
+    engine: Engine = engine_cls(engine_options)
+    notes = check_feasible(trace, workflows, engine.capabilities, opts)
+    if not opts.force_output_length:
+        notes.append("output lengths not forced (--no-force-length): responses end where the model stops")
+    await engine.preflight()
+
+    run_dir = Path(out) if out is not None else runmod.default_run_dir(trace_path, engine_name)
+    n_calls = sum(len(w.calls) for w in workflows)
+    writer = runmod.RunWriter.create(
+        run_dir,
+        {
+            "trace": {
+                "path": str(Path(trace_path).resolve()),
+                "sha256": runmod.sha256_file(trace_path),
+                "workload": trace.header.workload,
+                "recorded_against": trace.header.recorded_against,
+                "workflows": len(workflows),
+                "calls": n_calls,
+            },
+            "engine": {"engine": engine.name, **_engine_options_record(engine_options)},
+            "capabilities": engine.capabilities.to_dict(),
+            "knobs": engine_options.knobs.set(),
+            "options": opts.to_dict(),
+            "host": runmod.host_info(),
+            "versions": runmod.versions(),
+            "progress": {"total": n_calls, "finished": 0, "failed": 0},
+        },
+    )
+    engine.options.log_dir = run_dir
+    scraper: MetricsScraper | None = None
+    sched: Scheduler | None = None
+    status, error = "failed", None
+    t_start = time.perf_counter()
+
+    def record(res: CallResult) -> None:
+        writer.append(res.to_dict(with_output=opts.save_outputs))
+
+    try:
+        try:
+            await engine.start()
+        except MrwError as e:
+            error = str(e)
+            raise
+        desc = engine.describe()
+        fid = engine.fidelity()
+        fid.notes.extend(notes)
+        if not opts.force_output_length:
+            fid.output_length_forced = False
+        files = {"requests": runmod.REQUESTS}
+        if engine.log_path() is not None:
+            files["engine_log"] = os.path.relpath(engine.log_path(), run_dir)  # type: ignore[arg-type]
+        murl = engine.metrics_url() if engine.capabilities.metrics_endpoint else None
+        if murl:
+            files["metrics"] = runmod.METRICS
+            scraper = MetricsScraper(murl, run_dir / runmod.METRICS, t0=0.0)
+        writer.update(
+            engine=desc,
+            fidelity=fid.to_dict(),
+            versions=runmod.versions(engine=desc.get("server_version")),
+            files=files,
+        )
+        sched = Scheduler(trace, workflows, engine, record, opts)
+        if on_scheduler is not None:
+            on_scheduler(sched, asyncio.current_task())  # type: ignore[arg-type]
+        if progress is not None:
+            progress.start(n_calls, f"replay {engine.name}")
+        # t0: the zero of every time in requests.jsonl and metrics.jsonl. Set last, so that
+        # nothing slow (run.json's fsync, client set-up) sits between it and the first arrival.
+        t0 = time.perf_counter()
+        engine.t0 = t0
+        writer.meta["clock"] = {"t0_unix": time.time() - (time.perf_counter() - t0), "t0_perf_counter": t0, "unit": "s"}
+        if scraper is not None:
+            scraper.start(t0)
+
+        async def tick() -> None:
+            last_meta = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.25)
+                if progress is not None:
+                    progress.update(sched.finished, sched.failed)
+                if time.perf_counter() - last_meta > 5.0:
+                    last_meta = time.perf_counter()
+                    # run.json is fsynced: off the loop, so dispatch is not held up.
+                    await asyncio.to_thread(writer.update, progress={"total": n_calls, "finished": sched.finished, "failed": sched.failed})
+
+        ticker = asyncio.ensure_future(tick())
+        try:
+            await sched.run()
+        finally:
+            ticker.cancel()
+            if progress is not None:
+                progress.update(sched.finished, sched.failed)
+                progress.stop()
+        if sched.crash is not None:
+            raise sched.crash
+        if sched.stop_reason is not None:
+            status, error = "interrupted", sched.stop_reason
+        else:
+            status = "completed"
+    except EngineDied as e:
+        status, error = "failed", f"engine died mid-run: {e}"
+        raise EngineError(f"{error}; finished requests are in {run_dir}") from None
+    except asyncio.CancelledError:
+        status, error = "interrupted", (sched.stop_reason if sched and sched.stop_reason else "interrupted")
+        if sched is not None:
+            sched._mark_unfinished(error)
+        raise
+    except BaseException as e:
+        if error is None:
+            error = f"{type(e).__name__}: {e}" if not isinstance(e, MrwError) else str(e)
+        status = "failed"
+        if sched is not None:
+            try:
+                sched._mark_unfinished(f"mrw stopped: {error}")
+            except Exception:
+                pass
+        raise
+    finally:
+        if scraper is not None:
+            await scraper.stop()
+        await engine.close()
+        wall = time.perf_counter() - t_start
+        extra: dict[str, Any] = {"duration_s": round(wall, 3)}
+        if sched is not None:
+            extra["progress"] = {"total": n_calls, "finished": sched.finished, "failed": sched.failed}
+            extra["token_check"] = sched.check.to_dict()
+            fid = engine.fidelity()
+            fid.notes.extend(notes)
+            if not opts.force_output_length:
+                fid.output_length_forced = False
+            if sched.check.output_mismatch:
+                fid.notes.append(f"{sched.check.output_mismatch} response(s) had an output token count other than the recorded one")
+            extra["fidelity"] = fid.to_dict()
+        if scraper is not None:
+            extra["metrics_scrape"] = scraper.to_dict()
+        writer.finish(status, error, **extra)
+    ok = sum(1 for r in sched.results.values() if r.ok)
+    return ReplayOutcome(
+        run_dir=run_dir,
+        status=status,
+        error=error,
+        total=n_calls,
+        finished_ok=ok,
+        failed=sched.failed,
+        wall_s=time.perf_counter() - t_start,
+        token_check=sched.check.to_dict(),
+    )
+
+
+def replay(
+    trace_path: str | os.PathLike,
+    engine_name: str,
+    engine_options: EngineOptions,
+    opts: ReplayOptions,
+    out: str | os.PathLike | None = None,
+    *,
+    progress: Progress | None = None,
+) -> ReplayOutcome:
+    """Run one replay in a fresh event loop. SIGINT/SIGTERM stop it cleanly: the run directory
+    ends "interrupted" with every unfinished call marked, and the outcome says which signal."""
+    got: dict[str, Any] = {"signal": None, "sched": None, "task": None}
+
+    def bind(sched: Scheduler | None, task: asyncio.Task) -> None:
+        got["sched"], got["task"] = sched, task
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        first = got["signal"] is None
+        got["signal"] = got["signal"] or signum
+        sched: Scheduler | None = got["sched"]
+        if first and sched is not None:
+            sched.stop(f"interrupted by {name}")
+        elif got["task"] is not None:
+            got["task"].cancel()  # second signal, or before the run began: stop now
+
+    async def main() -> ReplayOutcome:
+        loop = asyncio.get_running_loop()
+        got["task"] = asyncio.current_task()
+        installed = []
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(s, on_signal, s)
+                installed.append(s)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        try:
+            return await replay_async(trace_path, engine_name, engine_options, opts, out, progress=progress, on_scheduler=bind)
+        finally:
+            for s in installed:
+                loop.remove_signal_handler(s)
+
+    try:
+        outcome = asyncio.run(main())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    outcome.signal = got["signal"]
+    return outcome

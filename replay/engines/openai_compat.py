@@ -1,0 +1,370 @@
+"""Any OpenAI-compatible server (SGLang, TGI, llama.cpp, transformers serve, hosted APIs).
+
+One shared `httpx.AsyncClient` (keep-alive pool sized for the run's concurrency), streamed
+responses parsed line by line with orjson: TTFT and inter-token times are measured at the
+client, per request. The hot path is `run_call`: build a small dict, POST, read SSE lines.
+
+A generic server is not assumed to honour vLLM's `min_tokens` / `ignore_eos`; what it does
+honour is declared with `extra["supports"]` (CLI: `--openai-supports min_tokens,ignore_eos`),
+vendor fields are added with `extra["body"]` (CLI: `--openai-extra JSON`), and whatever could
+not be enforced is recorded in the run's fidelity instead of failing silently.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import orjson
+
+from mrw.errors import EngineError, EngineUnreachable, KnobError
+
+from .base import Capabilities, CallResult, Engine, EngineOptions, Fidelity, Request
+
+_loads = orjson.loads
+_dumps = orjson.dumps
+_perf = time.perf_counter
+
+# What `--openai-supports` may name, and the capability each one turns on.
+SUPPORT_FLAGS = ("min_tokens", "ignore_eos", "token_ids", "prefix_caching", "metrics")
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(server root, API base) from `http://h:p`, `http://h:p/` or `http://h:p/v1`."""
+    u = url.strip().rstrip("/")
+    if "://" not in u:
+        u = "http://" + u
+    root = u[: -len("/v1")] if u.endswith("/v1") else u
+    return root, root + "/v1"
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials or query string: safe for run.json and error lines."""
+    p = urlsplit(url)
+    host = p.hostname or ""
+    if p.port:
+        host = f"{host}:{p.port}"
+    return urlunsplit((p.scheme, host, p.path, "", ""))
+
+
+def why_unreachable(exc: BaseException) -> str:
+    """A short reason for a failed connection, in words a person recognises."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc) or f"connection closed ({type(exc).__name__})"
+    low = text.lower()
+    if "refused" in low or "all connection attempts failed" in low:
+        return "connection refused"
+    if "name or service not known" in low or "nodename nor servname" in low or "name resolution" in low:
+        return "host name not found"
+    if isinstance(exc, httpx.TimeoutException):
+        return "no answer (timed out)"
+    return text
+
+
+def error_message(status: int, body: bytes) -> str:
+    """'HTTP 400: <the server's message>' from an OpenAI- or vLLM-style error body."""
+    msg = ""
+    try:
+        doc = _loads(body)
+        if isinstance(doc, dict):
+            err = doc.get("error", doc)
+            msg = err.get("message") if isinstance(err, dict) else str(err)
+            msg = msg or doc.get("message") or doc.get("detail") or ""
+    except orjson.JSONDecodeError:
+        msg = body.decode("utf-8", "replace")
+    msg = " ".join(str(msg).split())[:300]
+    return f"HTTP {status}: {msg}" if msg else f"HTTP {status}"
+
+
+class OpenAICompatEngine(Engine):
+    name = "openai"
+    display = "the OpenAI-compatible server"
+    capabilities = Capabilities(streaming=True, reports_usage=True)
+
+    def __init__(self, options: EngineOptions | None = None) -> None:
+        super().__init__(options)
+        o = self.options
+        self.extra_body: dict[str, Any] = dict(o.extra.get("body") or {})
+        supports = set(o.extra.get("supports") or ())
+        bad = supports - set(SUPPORT_FLAGS)
+        if bad:
+            raise KnobError(f"--openai-supports: unknown feature(s) {sorted(bad)}; choose from {', '.join(SUPPORT_FLAGS)}")
+        self.supports = supports
+        self.api_key = os.environ.get(o.extra.get("api_key_env") or "OPENAI_API_KEY") or None
+        self.model: str | None = o.model
+        self.model_info: dict[str, Any] = {}
+        self.server_version: str | None = None
+        self.client: httpx.AsyncClient | None = None
+        self.usage_missing = 0  # responses that carried no usage block
+        self._extra_chunk_fields: dict[str, Any] = {}  # per-request fields an adapter adds (vLLM: token ids)
+        if o.url is not None:
+            self.root, self.api = split_url(o.url)
+        else:
+            self.root = self.api = ""
+        self._chat_url = self.api + "/chat/completions"
+        self._cmpl_url = self.api + "/completions"
+        self._headers = {"content-type": "application/json"}
+        if self.api_key:
+            self._headers["authorization"] = f"Bearer {self.api_key}"
+        caps = self.capabilities
+        self.capabilities = Capabilities(
+            exact_output_length=caps.exact_output_length or {"min_tokens", "ignore_eos"} <= supports,
+            token_id_prompts=caps.token_id_prompts or "token_ids" in supports,
+            streaming=True,
+            whole_workflow=False,
+            metrics_endpoint=caps.metrics_endpoint or "metrics" in supports,
+            prefix_caching=caps.prefix_caching or "prefix_caching" in supports,
+            reports_usage=True,
+        )
+        self.min_tokens_ok = caps.exact_output_length or "min_tokens" in supports
+        self.ignore_eos_ok = caps.exact_output_length or "ignore_eos" in supports
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _check_knobs(self) -> None:
+        """A generic server is started by its owner: no launch knob can be applied."""
+        knobs = self.options.knobs.set()
+        if knobs:
+            names = ", ".join("--" + k.replace("_", "-") for k in knobs)
+            raise KnobError(
+                f"{names}: {self.name} cannot apply engine knobs to a server it did not start; "
+                "set them where the server is launched and drop them here"
+            )
+
+    def _new_client(self) -> httpx.AsyncClient:
+        o = self.options
+        n = max(1, o.max_connections)
+        return httpx.AsyncClient(
+            # One pool for the whole run; `pool=None`: waiting for a free connection is part of
+            # issue lateness, not an error.
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=60.0),
+            timeout=httpx.Timeout(connect=o.connect_timeout_s, read=o.request_timeout_s, write=60.0, pool=None),
+            headers=self._headers,
+            http2=False,
+            trust_env=False,
+        )
+
+    def unreachable(self, reason: str) -> EngineUnreachable:
+        return EngineUnreachable(f"cannot reach {self.display} at {redact_url(self.root)}: {reason}; start it or check --url")
+
+    async def preflight(self) -> None:
+        if self.options.url is None:
+            raise EngineError(f"--engine {self.name} needs --url (the server's address, e.g. http://localhost:8000/v1)")
+        self._check_knobs()
+        await self._probe()
+
+    async def _probe(self) -> None:
+        """GET /v1/models: the server answers, and the model name is resolved."""
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.options.connect_timeout_s), headers=self._headers, trust_env=False) as c:
+            try:
+                r = await c.get(self.api + "/models")
+            except httpx.HTTPError as e:
+                raise self.unreachable(why_unreachable(e)) from None
+            if r.status_code in (401, 403):
+                raise EngineError(
+                    f"{redact_url(self.api)} refused the API key ({error_message(r.status_code, r.content)}); "
+                    f"set {self.options.extra.get('api_key_env') or 'OPENAI_API_KEY'}"
+                )
+            served: list[dict] = []
+            if r.status_code == 200:
+                try:
+                    served = [m for m in _loads(r.content).get("data", []) if isinstance(m, dict)]
+                except (orjson.JSONDecodeError, AttributeError):
+                    served = []
+            ids = [m.get("id") for m in served]
+            if self.model is None:
+                if len(ids) == 1:
+                    self.model = ids[0]
+                elif not ids:
+                    raise EngineError(f"{redact_url(self.api)} lists no models; name the model with --model")
+                else:
+                    raise EngineError(f"{redact_url(self.api)} serves several models ({', '.join(map(str, ids[:8]))}); pick one with --model")
+            elif ids and self.model not in ids:
+                raise EngineError(f"model {self.model!r} is not served at {redact_url(self.api)}; it serves: {', '.join(map(str, ids[:8]))}")
+            self.model_info = next((m for m in served if m.get("id") == self.model), {})
+            try:
+                v = await c.get(self.root + "/version")
+                if v.status_code == 200:
+                    self.server_version = _loads(v.content).get("version")
+            except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError):
+                pass
+
+    async def start(self) -> None:
+        if self.client is None:
+            self.client = self._new_client()
+            try:  # open one keep-alive connection now, not on the first timed request
+                await self.client.get(self.api + "/models", timeout=self.options.connect_timeout_s)
+            except httpx.HTTPError:
+                pass
+
+    async def close(self) -> None:
+        c, self.client = self.client, None
+        if c is not None:
+            try:
+                await c.aclose()
+            except Exception:
+                pass
+
+    async def health(self) -> str | None:
+        try:
+            async with httpx.AsyncClient(timeout=3.0, headers=self._headers, trust_env=False) as c:
+                r = await c.get(self.api + "/models")
+            return None if r.status_code < 500 else f"{redact_url(self.root)} answers HTTP {r.status_code}"
+        except httpx.HTTPError as e:
+            return f"{self.display} at {redact_url(self.root)} stopped answering ({why_unreachable(e)})"
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"engine": self.name, "url": redact_url(self.api) if self.api else None, "model": self.model}
+        if self.server_version:
+            d["server_version"] = self.server_version
+        if self.model_info.get("max_model_len"):
+            d["max_model_len"] = self.model_info["max_model_len"]
+        if self.model_info.get("root"):
+            d["model_path"] = self.model_info["root"]
+        if self.supports:
+            d["declared_support"] = sorted(self.supports)
+        if self.extra_body:
+            d["extra_body_keys"] = sorted(self.extra_body)  # values may be vendor secrets: keys only
+        return d
+
+    def fidelity(self) -> Fidelity:
+        f = super().fidelity()
+        if not self.capabilities.exact_output_length:
+            f.notes[:] = [
+                n for n in f.notes if "output length" not in n
+            ] + [
+                f"{self.name}: output length capped by max_tokens but not forced "
+                f"(server not declared to honour {' and '.join(x for x in ('min_tokens', 'ignore_eos') if x not in self.supports)}; "
+                "see --openai-supports)"
+            ]
+        if self.usage_missing:
+            f.input_length_checked = False
+            f.notes.append(f"{self.name}: {self.usage_missing} response(s) carried no usage; output tokens counted as streamed chunks")
+        return f
+
+    # ------------------------------------------------------------------ hot path
+
+    def body(self, req: Request) -> dict[str, Any]:
+        b: dict[str, Any] = {"model": self.model}
+        if req.messages is not None:
+            b["messages"] = req.messages
+        else:
+            b["prompt"] = req.prompt
+        if req.sampling:
+            b.update(req.sampling)
+        b["max_tokens"] = req.max_tokens
+        if req.min_tokens is not None and self.min_tokens_ok:
+            b["min_tokens"] = req.min_tokens
+        if req.ignore_eos and self.ignore_eos_ok:
+            b["ignore_eos"] = True
+        b["stream"] = True
+        b["stream_options"] = {"include_usage": True}
+        if self._extra_chunk_fields:
+            b.update(self._extra_chunk_fields)
+        if self.extra_body:
+            b.update(self.extra_body)
+        return b
+
+    async def run_call(self, req: Request) -> CallResult:
+        chat = req.messages is not None
+        res = CallResult(
+            call_id=req.call_id,
+            workflow_id=req.workflow_id,
+            node=req.node,
+            ok=False,
+            expected_input_tokens=req.expected_input_tokens,
+            expected_output_tokens=req.max_tokens,
+        )
+        client = self.client
+        if client is None:
+            res.error = "engine not started"
+            return res
+        content = _dumps(self.body(req))
+        t0 = self.t0
+        times: list[float] = []
+        parts: list[str] | None = [] if req.keep_output else None
+        usage = None
+        finish = None
+        n_chunks = 0
+        res.t_issue = _perf() - t0
+        try:
+            async with client.stream("POST", self._chat_url if chat else self._cmpl_url, content=content) as r:
+                if r.status_code != 200:
+                    res.t_end = _perf() - t0
+                    res.error = error_message(r.status_code, await r.aread())
+                    res.extra["error_kind"] = "http"
+                    return res
+                async for line in r.aiter_lines():
+                    if line[:5] != "data:":
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    now = _perf()
+                    obj = _loads(data)
+                    choices = obj.get("choices")
+                    if choices:
+                        ch = choices[0]
+                        text = ch["delta"].get("content") if chat else ch.get("text")
+                        # A token can decode to "" (a split UTF-8 character): token ids count too.
+                        # vLLM's first chat chunk is a role-only "" before any token: not a token.
+                        if text or ch.get("token_ids"):
+                            times.append(now - t0)
+                            n_chunks += 1
+                            if parts is not None and text:
+                                parts.append(text)
+                        fr = ch.get("finish_reason")
+                        if fr:
+                            finish = fr
+                    u = obj.get("usage")
+                    if u:
+                        usage = u
+                    err = obj.get("error")
+                    if err:
+                        res.t_end = now - t0
+                        res.error = "stream error: " + " ".join(str(err.get("message", err) if isinstance(err, dict) else err).split())[:300]
+                        res.extra["error_kind"] = "stream"
+                        return res
+        except httpx.TimeoutException:
+            res.t_end = _perf() - t0
+            res.error = f"timed out: no data for {self.options.request_timeout_s:g} s (--request-timeout)"
+            res.extra["error_kind"] = "timeout"
+            return res
+        except httpx.TransportError as e:
+            res.t_end = _perf() - t0
+            res.error = f"connection lost: {why_unreachable(e)}"
+            res.extra["error_kind"] = "transport"
+            return res
+        except orjson.JSONDecodeError as e:
+            res.t_end = _perf() - t0
+            res.error = f"unparseable stream line ({e})"
+            res.extra["error_kind"] = "stream"
+            return res
+        res.t_end = _perf() - t0
+        if times:
+            res.t_first_token = times[0]
+        res.token_times = times
+        if usage:
+            res.input_tokens = usage.get("prompt_tokens")
+            res.output_tokens = usage.get("completion_tokens")
+        else:
+            self.usage_missing += 1
+            res.output_tokens = n_chunks
+        if parts is not None:
+            res.output = "".join(parts)
+        if finish is None:
+            res.error = "stream ended before the response finished"
+            res.extra["error_kind"] = "stream"
+            return res
+        if finish not in ("length", "stop"):
+            res.extra["finish_reason"] = finish
+        res.ok = True
+        return res

@@ -1,0 +1,157 @@
+"""Replay against a real vLLM: interrupts, engine death, knobs with --url, live refs,
+Poisson arrivals. What matters each time: the one line a user sees, the exit code, and a
+run directory that is complete (every call has a line) and that `mrw analyze` reads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+
+from mrw.analysis.summary import summarize
+from mrw.replay.scheduler import ReplayOptions, arrival_times
+from mrw.trace import load
+
+
+pytestmark = pytest.mark.vllm
+
+
+def mrw(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mrw", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def start_replay(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mrw", "replay", "-q", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if path.exists() and len(path.read_bytes().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"replay ended early: {proc.returncode} {proc.stderr.read()}")
+        time.sleep(0.1)
+    raise AssertionError(f"no {n} request lines in {path} after {timeout} s")
+
+
+def rows_of(run: Path) -> list[dict]:
+    return [orjson.loads(l) for l in (run / "requests.jsonl").read_bytes().splitlines()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_leaves_an_interrupted_run_that_analyze_reads(sig, vllm_url, long_trace, tmp_path):
+    run = tmp_path / "run"
+    p = start_replay(str(long_trace), "--url", vllm_url, "-o", str(run))
+    wait_lines(run / "requests.jsonl", 1, p)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + sig, err
+    meta = orjson.loads((run / "run.json").read_bytes())
+    assert meta["status"] == "interrupted" and meta["error"] == f"interrupted by {signal.Signals(sig).name}"
+    rows = rows_of(run)
+    trace = load(long_trace)
+    assert sorted(r["call_id"] for r in rows) == sorted(c.id for _, c in trace.calls())
+    done = [r for r in rows if r["ok"]]
+    rest = [r for r in rows if not r["ok"]]
+    assert done and rest
+    assert all(r["error"].startswith(f"not finished: interrupted by {signal.Signals(sig).name}") for r in rest)
+    assert all(r["output_tokens"] == r["expected_output_tokens"] for r in done)
+    a = mrw("analyze", str(run))
+    assert a.returncode == 0, a.stderr
+    assert "interrupted" in a.stdout
+    s = orjson.loads((run / "summary.json").read_bytes())
+    assert s["status"] == "interrupted" and s["requests"]["not_finished"] == len(rest) and s["requests"]["ok"] == len(done)
+
+
+def test_engine_killed_mid_run(tiny, long_trace, tmp_path):
+    """mrw launches vLLM (embedded), the test kills the vLLM server process under the running
+    replay: one clear error line, finished requests on disk, the rest marked, exit 1, and no
+    process left behind (the server's workers included)."""
+    run = tmp_path / "run"
+    p = start_replay(str(long_trace), "--model", str(tiny.path), "--max-model-len", "4096", "-o", str(run), "--request-timeout", "60")
+    try:
+        wait_lines(run / "requests.jsonl", 1, p, timeout=300)
+        tree = psutil.Process(p.pid).children(recursive=True)
+        server = [q for q in tree if "vllm.entrypoints.openai.api_server" in " ".join(q.cmdline())]
+        assert len(server) == 1 and len(tree) >= 2, [q.cmdline() for q in tree]
+        t_kill = time.monotonic()
+        server[0].kill()
+        _, err = p.communicate(timeout=90)
+        took = time.monotonic() - t_kill
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mrw: error: engine died mid-run: the vLLM that mrw launched exited") and str(run) in lines[0]
+    assert took < 45
+    meta = orjson.loads((run / "run.json").read_bytes())
+    assert meta["status"] == "failed" and meta["error"].startswith("engine died mid-run")
+    assert (run / "engine.log").stat().st_size > 0 and meta["files"]["engine_log"] == "engine.log"
+    rows = rows_of(run)
+    trace = load(long_trace)
+    assert sorted(r["call_id"] for r in rows) == sorted(c.id for _, c in trace.calls())
+    done = [r for r in rows if r["ok"]]
+    rest = [r for r in rows if not r["ok"]]
+    assert done and rest
+    errors = [r["error"] for r in rest]
+    assert all(e.startswith("not finished: engine died: the vLLM that mrw launched exited") for e in errors), errors
+    assert all(r["t_end"] is not None and r["output_tokens"] == r["expected_output_tokens"] for r in done)
+    s = summarize(run)
+    assert s["status"] == "failed" and s["requests"]["ok"] == len(done)
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, f"left behind: {[(q.pid, q.cmdline()) for q in alive]}"
+
+
+def test_knobs_with_url_are_verified_or_refused(vllm_url, small_trace, tmp_path):
+    r = mrw("replay", str(small_trace), "--url", vllm_url, "--max-num-seqs", "4", "-o", str(tmp_path / "a"))
+    assert r.returncode == 1 and not (tmp_path / "a").exists()
+    assert "--max-num-seqs 4: cannot be applied to the vLLM at" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = mrw("replay", str(small_trace), "--url", vllm_url, "--no-prefix-caching", "-o", str(tmp_path / "b"))
+    assert r.returncode == 1 and "runs with --prefix-caching" in r.stderr and not (tmp_path / "b").exists()
+    r = mrw("replay", str(small_trace), "--url", vllm_url, "--engine-arg", "--seed 3", "-o", str(tmp_path / "c"))
+    assert r.returncode == 1 and "--engine-arg" in r.stderr
+
+
+def test_verified_knobs_and_poisson_arrivals(vllm_url, small_trace, tmp_path):
+    run = tmp_path / "run"
+    r = mrw("replay", str(small_trace), "--url", vllm_url, "--prefix-caching", "--max-model-len", "4096",
+            "--rate", "4", "--seed", "7", "-q", "-o", str(run))
+    assert r.returncode == 0, r.stderr
+    meta = orjson.loads((run / "run.json").read_bytes())
+    assert meta["knobs"] == {"prefix_caching": True, "max_model_len": 4096}
+    assert meta["engine"]["knobs_applied"] == {"prefix_caching": True, "max_model_len": 4096}
+    trace = load(small_trace)
+    want = dict(zip((w.id for w in trace.workflows), arrival_times(trace.workflows, ReplayOptions(rate=4, seed=7))))
+    for row in rows_of(run):
+        assert row["t_arrival"] == pytest.approx(want[row["workflow_id"]])
+        assert row["t_issue"] - row["t_scheduled"] < 0.25  # dispatch lateness stays small
+
+
+def test_live_refs_splice_the_live_output(vllm_url, small_trace, replay_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    run = tmp_path / "run"
+    r = mrw("replay", str(small_trace), "--url", vllm_url, "--live-refs", "--save-outputs", "--workflows", "1", "-q", "-o", str(run))
+    assert r.returncode == 0, r.stderr
+    rows = {x["call_id"]: x for x in rows_of(run)}
+    assert set(rows) == {"doc-0/c0", "doc-0/c1", "doc-0/c2"}
+    meta = orjson.loads((run / "run.json").read_bytes())
+    assert any("--live-refs" in n for n in meta["fidelity"]["notes"])
+    # The prompt vLLM saw for c1 is c1's template with c0's *live* output spliced in.
+    trace = load(small_trace)
+    c1 = trace.workflows[0].calls[1]
+    tok = AutoTokenizer.from_pretrained(replay_model_dir)
+    ids = tok.apply_chat_template(c1.render_messages({"doc-0/c0": rows["doc-0/c0"]["output"]}), add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    assert rows["doc-0/c1"]["input_tokens"] == len(ids)
+    assert rows["doc-0/c0"]["output"] != trace.workflows[0].calls[0].output

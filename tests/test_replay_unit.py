@@ -1,0 +1,188 @@
+"""Replay building blocks that need no server: arrivals, request building, feasibility,
+registry, knob refusal, Prometheus parsing, run directory reading, critical paths."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from mrw.errors import KnobError, NotSupportedError, TraceError, UnknownNameError
+from mrw.replay import run as runmod
+from mrw.replay.engines.base import EngineKnobs, EngineOptions
+from mrw.replay.engines.registry import get_engine, names
+from mrw.replay.engines.vllm import launch_flags
+from mrw.replay.metrics_scrape import info_labels, pick
+from mrw.replay.scheduler import ReplayOptions, arrival_times, build_request, check_feasible
+from mrw.trace import Call, Message, Trace, Workflow, new_header
+
+from replay_fixtures import build_trace
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_recorded_arrivals_scale_from_the_first_workflow():
+    t = build_trace()
+    assert arrival_times(t.workflows, ReplayOptions()) == [0.0, 0.5]
+    assert arrival_times(t.workflows, ReplayOptions(time_scale=2.0)) == [0.0, 1.0]
+    assert arrival_times(t.workflows, ReplayOptions(time_scale=0.0)) == [0.0, 0.0]
+
+
+def test_poisson_arrivals_are_seeded_and_have_the_asked_rate():
+    wfs = [Workflow(f"w{i}", 0.0, []) for i in range(4000)]
+    a = arrival_times(wfs, ReplayOptions(rate=8.0, seed=3))
+    assert a == arrival_times(wfs, ReplayOptions(rate=8.0, seed=3))
+    assert a != arrival_times(wfs, ReplayOptions(rate=8.0, seed=4))
+    assert a[0] == 0.0 and all(x <= y for x, y in zip(a, a[1:]))
+    mean_gap = a[-1] / (len(a) - 1)
+    assert abs(mean_gap - 1 / 8.0) < 0.01
+
+
+def test_build_request_splices_recorded_text_and_forces_length():
+    t = build_trace()
+    c1 = t.workflows[0].calls[1]
+    c1.sampling = {"temperature": 0.7, "max_tokens": 999, "stop": ["\n"], "n": 3}
+    r = build_request(c1, "doc-0", t.recorded_outputs(), t.header, ReplayOptions())
+    assert t.workflows[0].calls[0].output in r.messages[1]["content"]
+    assert (r.max_tokens, r.min_tokens, r.ignore_eos) == (16, 16, True)
+    assert r.sampling == {"temperature": 0.7}  # owned fields and the stop string are dropped
+    live = build_request(c1, "doc-0", {"doc-0/c0": "LIVE TEXT"}, t.header, ReplayOptions(live_refs=True))
+    assert "LIVE TEXT" in live.messages[1]["content"] and live.keep_output
+    free = build_request(c1, "doc-0", t.recorded_outputs(), t.header, ReplayOptions(force_output_length=False))
+    assert (free.min_tokens, free.ignore_eos, free.sampling.get("stop")) == (None, False, ["\n"])
+
+
+def test_text_free_calls_are_refused_with_the_synth_seam_named():
+    t = build_trace()
+    c = t.workflows[0].calls[0]
+    c.messages = None
+    c.hash_ids = [1, 2, 3]
+    caps = get_engine("vllm").capabilities
+    with pytest.raises(NotSupportedError, match="mrw.synth"):
+        check_feasible(t, t.workflows, caps, ReplayOptions())
+    with pytest.raises(NotSupportedError, match="token-id prompts"):
+        check_feasible(t, t.workflows, get_engine("openai").capabilities, ReplayOptions())
+
+
+def test_missing_recorded_output_needs_live_refs():
+    t = build_trace()
+    t.workflows[0].calls[0].output = None
+    caps = get_engine("vllm").capabilities
+    with pytest.raises(TraceError, match="--live-refs"):
+        check_feasible(t, t.workflows, caps, ReplayOptions())
+    assert check_feasible(t, t.workflows, caps, ReplayOptions(live_refs=True))  # a fidelity note
+
+
+def test_registry_names_and_unknown_engine():
+    assert {"vllm", "openai"} <= set(names())
+    with pytest.raises(UnknownNameError, match="known engines: .*openai.*vllm"):
+        get_engine("tgi-nope")
+
+
+def test_knobs_become_vllm_flags():
+    k = EngineKnobs(max_num_seqs=8, prefix_caching=False, gpu_memory_utilization=0.5, max_model_len=2048, engine_args=["--seed", "1"])
+    assert launch_flags(k) == ["--max-num-seqs", "8", "--no-enable-prefix-caching", "--gpu-memory-utilization", "0.5",
+                               "--max-model-len", "2048", "--seed", "1"]
+
+
+def test_generic_openai_engine_refuses_knobs_and_unknown_support():
+    eng = get_engine("openai")(EngineOptions(url="http://127.0.0.1:1", knobs=EngineKnobs(max_num_seqs=4)))
+    with pytest.raises(KnobError, match="--max-num-seqs"):
+        asyncio.run(eng.preflight())
+    with pytest.raises(KnobError, match="unknown feature"):
+        get_engine("openai")(EngineOptions(url="http://x", extra={"supports": ["min_tokenz"]}))
+    ok = get_engine("openai")(EngineOptions(url="http://x", extra={"supports": ["min_tokens", "ignore_eos"]}))
+    assert ok.capabilities.exact_output_length and ok.fidelity().output_length_forced
+    gap = get_engine("openai")(EngineOptions(url="http://x"))
+    f = gap.fidelity()
+    assert not f.output_length_forced and any("not forced" in n for n in f.notes)
+
+
+def test_prometheus_pick_on_real_vllm_metrics():
+    text = (DATA / "vllm-0.32-metrics.txt").read_text()
+    got = pick(text)
+    assert got["generation_tokens_total"] == 305.0
+    assert got["num_requests_running"] == 0.0
+    assert {"kv_cache_usage_perc", "prefix_cache_hits_total", "prefix_cache_queries_total", "num_requests_waiting"} <= set(got)
+    cc = info_labels(text, "vllm:cache_config_info")
+    assert cc["enable_prefix_caching"] == "True" and cc["block_size"] == "128"
+
+
+def test_run_dir_survives_a_torn_line_and_a_dead_writer(tmp_path):
+    w = runmod.RunWriter.create(tmp_path / "r", {"trace": {"calls": 2}, "host": runmod.host_info()})
+    w.append({"call_id": "a", "workflow_id": "w", "ok": True, "t_issue": 0.0, "t_end": 1.0})
+    with open(tmp_path / "r" / "requests.jsonl", "ab") as f:
+        f.write(b'{"call_id": "b", "work')  # killed mid-write
+    meta, rows = runmod.read_run(tmp_path / "r")
+    assert [r["call_id"] for r in rows] == ["a"] and meta["status"] == "running"  # we are its (live) pid
+    m = orjson.loads((tmp_path / "r" / "run.json").read_bytes())
+    m["pid"] = 2**22 + 12345  # a pid that does not exist
+    (tmp_path / "r" / "run.json").write_bytes(orjson.dumps(m))
+    meta, _ = runmod.read_run(tmp_path / "r")
+    assert meta["status"] == "abandoned"
+    with pytest.raises(Exception, match="already exists"):
+        runmod.RunWriter.create(tmp_path / "r", {})
+
+
+def test_critical_path_splits_makespan_exactly():
+    from mrw.analysis.summary import critical_path
+
+    rows = [
+        {"call_id": "a", "ok": True, "deps": [], "wait_s": 0.5, "t_issue": 1.6, "t_first_token": 1.7, "t_end": 2.0},
+        {"call_id": "b", "ok": True, "deps": ["a"], "wait_s": 1.0, "t_issue": 3.1, "t_first_token": 3.3, "t_end": 4.0},
+        {"call_id": "c", "ok": True, "deps": ["a"], "wait_s": 0.0, "t_issue": 2.0, "t_first_token": 2.1, "t_end": 2.5},
+        {"call_id": "d", "ok": True, "deps": ["b", "c"], "wait_s": 0.0, "t_issue": 4.0, "t_first_token": 4.1, "t_end": 5.0},
+    ]
+    cp = critical_path(rows, t_arrival=1.0)
+    assert cp["calls"] == ["a", "b", "d"]
+    assert cp["length_s"] == pytest.approx(4.0)
+    assert cp["llm_s"] == pytest.approx(0.4 + 0.9 + 1.0)
+    assert cp["wait_s"] == pytest.approx(1.5)
+    assert cp["delay_s"] == pytest.approx(0.1 + 0.1 + 0.0)
+    assert cp["llm_s"] + cp["wait_s"] + cp["delay_s"] == pytest.approx(cp["length_s"])
+    assert cp["llm_ttft_s"] == pytest.approx(0.1 + 0.2 + 0.1)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_url_is_one_line_and_leaves_no_run_dir(tmp_path):
+    trace = tmp_path / "t.json"
+    from mrw.trace import dump
+
+    dump(build_trace(), trace)
+    port = _closed_port()
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "mrw", "replay", str(trace), "--url", f"http://127.0.0.1:{port}", "-o", str(out)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1, p.stderr
+    assert err[0] == (f"mrw: error: cannot reach vLLM at http://127.0.0.1:{port}: connection refused; "
+                      "start the server or drop --url to use the embedded default")
+    assert not out.exists()
+
+
+def test_unknown_engine_and_bad_trace_are_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"header": {')
+    p = subprocess.run([sys.executable, "-m", "mrw", "replay", str(bad), "--url", "http://127.0.0.1:9"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "truncated" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    good = tmp_path / "t.json"
+    from mrw.trace import dump
+
+    dump(build_trace(), good)
+    p = subprocess.run([sys.executable, "-m", "mrw", "replay", str(good), "--engine", "nope", "--url", "http://127.0.0.1:9"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "unknown engine 'nope'; known engines:" in p.stderr
