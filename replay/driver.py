@@ -13,6 +13,7 @@ Order matters for the "nothing half-made, nothing lost" rules:
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -169,6 +170,10 @@ async def replay_async(
             on_scheduler(sched, asyncio.current_task())  # type: ignore[arg-type]
         if progress is not None:
             progress.start(n_calls, f"replay {engine.name}")
+        # Everything loaded so far (trace, requests plan, modules) lives for the whole run:
+        # freeze it out of the cyclic GC, whose full passes over it would stall dispatch.
+        gc.collect()
+        gc.freeze()
         # t0: the zero of every time in requests.jsonl and metrics.jsonl. Set last, so that
         # nothing slow (run.json's fsync, client set-up) sits between it and the first arrival.
         t0 = time.perf_counter()
@@ -193,6 +198,7 @@ async def replay_async(
             await sched.run()
         finally:
             ticker.cancel()
+            gc.unfreeze()
             if progress is not None:
                 progress.update(sched.finished, sched.failed)
                 progress.stop()
@@ -252,6 +258,20 @@ async def replay_async(
     )
 
 
+def run_loop(coro: Any) -> Any:
+    """asyncio.run on uvloop where it is installed (less CPU per request than the default
+    loop; docs/performance.md), else on asyncio's own loop. MRW_EVENT_LOOP=asyncio forces the
+    default loop, for comparison."""
+    if os.environ.get("MRW_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
 def replay(
     trace_path: str | os.PathLike,
     engine_name: str,
@@ -295,7 +315,7 @@ def replay(
                 loop.remove_signal_handler(s)
 
     try:
-        outcome = asyncio.run(main())
+        outcome = run_loop(main())
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     outcome.signal = got["signal"]

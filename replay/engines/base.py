@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Awaitable, Callable, ClassVar
 
@@ -127,12 +127,18 @@ class CallResult:
         return (self.t_end - self.t_first_token) / (self.output_tokens - 1)
 
     def to_dict(self, *, with_output: bool = False) -> dict[str, Any]:
-        d = asdict(self)
+        """A shallow dict for one requests.jsonl line (lists shared, not copied: it is
+        serialised at once; `dataclasses.asdict` deep-copies and was the replay's largest
+        per-request cost)."""
+        d = {f: getattr(self, f) for f in _RESULT_FIELDS}
         if not with_output:
-            d.pop("output")
+            del d["output"]
         if not d["extra"]:
-            d.pop("extra")
+            del d["extra"]
         return d
+
+
+_RESULT_FIELDS = tuple(f.name for f in fields(CallResult))
 
 
 @dataclass(slots=True)
