@@ -36,7 +36,7 @@ class ReadTimeout(Exception):
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("pool", "transport", "parser", "sink", "done", "status", "error_body", "last_rx", "closed", "keep")
+    __slots__ = ("pool", "transport", "parser", "sink", "done", "status", "error_body", "last_rx", "closed", "keep", "framed")
 
     def __init__(self, pool: "Http1Pool"):
         self.pool = pool
@@ -49,6 +49,7 @@ class _Conn(asyncio.Protocol):
         self.last_rx = 0.0
         self.closed = False
         self.keep = True
+        self.framed = False
 
     # -- asyncio.Protocol
 
@@ -65,17 +66,19 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.pool._forget(self)
         if self.done is not None and not self.done.done():
-            # A response that ended with the connection (no length, no chunking) is complete.
-            try:
-                self.parser.feed_eof()
-            except httptools.HttpParserError:
-                pass
-            if self.done is not None and not self.done.done():
+            if self.status and not self.framed:
+                self.on_message_complete()  # no length, no chunking: the body ends with the connection
+            else:
                 self._fail(TransportError(f"connection closed mid-response ({exc or 'by the server'})"))
+        self.pool._forget(self)
 
     # -- llhttp callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        n = name.lower()
+        if n == b"content-length" or n == b"transfer-encoding":
+            self.framed = True
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -214,6 +217,7 @@ class Http1Pool:
             c.done = fut = loop.create_future()
             c.sink = on_body
             c.status = 0
+            c.framed = False
             c.error_body = None
             c.last_rx = _perf()
             req = b"POST %s HTTP/1.1\r\n%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
