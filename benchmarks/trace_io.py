@@ -69,17 +69,19 @@ def synth(n_calls: int, per_wf: int, text: bool, seed: int = 0) -> dict:
     return {"header": header, "workflows": wfs}
 
 
-def corrupt(doc: dict) -> list[str]:
-    """Plant a few problems, one of each kind, far apart; return their expected JSON paths."""
+def corrupt(doc: dict, kind: str) -> list[str]:
+    """Plant two problems far apart, of the schema or of the semantics (the report lists schema
+    problems first and semantic ones only for a well-formed document); return their paths."""
     w = doc["workflows"]
     n = len(w)
-    a, b, c, d = 1, n // 3, n // 2, n - 2
+    a, b = 1, n - 2
+    if kind == "schema":
+        w[a]["calls"][0]["output_tokens"] = -5
+        w[b]["calls"][0]["node"] = 7
+        return [f"$.workflows[{a}].calls[0].output_tokens", f"$.workflows[{b}].calls[0].node"]
     w[a]["calls"][1]["deps"] = ["nope"]
-    w[b]["calls"][0]["output_tokens"] = -5
-    w[c]["calls"][2]["id"] = w[c]["calls"][1]["id"]
-    w[d]["calls"][0]["node"] = 7
-    return [f"$.workflows[{a}].calls[1].deps[0]", f"$.workflows[{b}].calls[0].output_tokens",
-            f"$.workflows[{c}].calls[2].id", f"$.workflows[{d}].calls[0].node"]
+    w[b]["calls"][2]["id"] = w[b]["calls"][1]["id"]
+    return [f"$.workflows[{a}].calls[1].deps[0]", f"$.workflows[{b}].calls[2].id"]
 
 
 _CHILD = r"""
@@ -125,10 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     valid = tmp / "valid.json"
     valid.write_bytes(data)
     gen_s = time.perf_counter() - t
-    expected = corrupt(doc)
-    invalid = tmp / "invalid.json"
-    invalid.write_bytes(orjson.dumps(doc))
-    del doc, data
+    del data
+    invalid = {}
+    for kind in ("schema", "semantic"):
+        d = orjson.loads(valid.read_bytes())
+        expected = corrupt(d, kind)
+        p = tmp / f"invalid-{kind}.json"
+        p.write_bytes(orjson.dumps(d))
+        invalid[kind] = (p, expected)
+        del d
+    del doc
     print(f"synthetic trace: {a.calls:,} calls, {valid.stat().st_size / 2**20:.0f} MiB, generated in {gen_s:.1f} s", flush=True)
 
     runs = [measure(valid) for _ in range(a.repeat)]
@@ -147,15 +155,20 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
     }
     if not a.no_invalid:
-        bad = measure(invalid)
-        found = [p.split(":")[0] for p in bad["problems"]]
-        res["invalid"] = bad
-        res["invalid_paths_expected"] = expected
-        res["invalid_all_found"] = all(e in found for e in expected)
-        print(f"load invalid: {bad['load_s']:.2f} s, {bad['n_problems']} problems, all planted ones reported: {res['invalid_all_found']}")
-        for p in bad["problems"][:6]:
-            print("   ", p)
-    for p in (valid, invalid):
+        res["invalid"] = {}
+        all_found = True
+        for kind, (p, expected) in invalid.items():
+            bad = measure(p)
+            found = [x.split(":")[0] for x in bad["problems"]]
+            bad["paths_expected"] = expected
+            bad["all_found"] = not bad["ok"] and all(e in found for e in expected)
+            all_found = all_found and bad["all_found"]
+            res["invalid"][kind] = bad
+            print(f"load invalid ({kind}): {bad['load_s']:.2f} s, {bad['n_problems']} problems, planted ones reported: {bad['all_found']}")
+            for x in bad["problems"][:4]:
+                print("   ", x)
+        res["invalid_all_found"] = all_found
+    for p in [valid] + [p for p, _ in invalid.values()]:
         p.unlink(missing_ok=True)
     tmp.rmdir()
     out = a.out or RESULTS / f"trace_io-{time.strftime('%Y%m%d-%H%M%S')}.json"

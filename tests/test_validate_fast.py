@@ -104,3 +104,18 @@ def test_cycle_found_only_through_a_forward_dependency() -> None:
     calls[1]["deps"] = []  # a depends on the later b: fine, no cycle
     calls[1]["prompt"] = [{"text": "x"}]
     assert v.check(d) == []
+
+
+def test_schema_report_is_the_full_jsonschema_report() -> None:
+    """Walking only the refused workflows loses no problem and changes no message."""
+    d = doc()
+    d["workflows"].append(copy.deepcopy(d["workflows"][0]))
+    d["workflows"][1]["id"] = "w1"
+    for c in d["workflows"][1]["calls"]:
+        c["id"] += "1"
+    d["header"]["block_size"] = 0
+    d["workflows"][0]["calls"][1]["hash_ids"] = ["x"]
+    d["workflows"][1]["arrival_s"] = -1
+    full = sorted((v._json_path(e.absolute_path), e.message) for e in v._validator().iter_errors(d))
+    assert sorted((p.path, p.message) for p in v.schema_problems(d)) == full
+    assert len(full) == 3
