@@ -234,10 +234,10 @@ class VllmServer:
 
 
 def _stop_group(proc: subprocess.Popen, timeout_s: float) -> None:
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        pgid = None
+    # The server leads its own session (start_new_session), so its group id is its pid, and
+    # that id still reaches the workers after the leader died and was reaped (a health check's
+    # poll() reaps it): asking os.getpgid then would find nothing and leave them running.
+    pgid: int | None = proc.pid
     for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
         try:
             if pgid is not None:

@@ -36,7 +36,7 @@ class ReadTimeout(Exception):
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("pool", "transport", "parser", "sink", "done", "status", "error_body", "last_rx", "closed", "keep", "framed")
+    __slots__ = ("pool", "transport", "parser", "sink", "done", "status", "error_body", "last_rx", "closed", "keep", "framed", "pending")
 
     def __init__(self, pool: "Http1Pool"):
         self.pool = pool
@@ -50,6 +50,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.keep = True
         self.framed = False
+        self.pending: list[bytes] = []  # body pieces of the current read, handed over together
 
     # -- asyncio.Protocol
 
@@ -63,6 +64,18 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as e:
             self._fail(TransportError(f"malformed HTTP response ({e})"))
             self.transport.close()  # type: ignore[union-attr]
+            return
+        if self.pending:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """One call of the sink per read, however many HTTP chunks the read held (a streamed
+        response is one chunk per token): they all arrived at `last_rx`."""
+        p = self.pending
+        data = p[0] if len(p) == 1 else b"".join(p)
+        p.clear()
+        if self.sink is not None:
+            self.sink(data, self.last_rx)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -89,10 +102,12 @@ class _Conn(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.error_body is not None:
             self.error_body += body
-        elif self.sink is not None:
-            self.sink(body, self.last_rx)
+        else:
+            self.pending.append(body)
 
     def on_message_complete(self) -> None:
+        if self.pending:
+            self._hand_over()
         fut, self.done = self.done, None
         self.sink = None
         if fut is not None and not fut.done():
@@ -101,6 +116,7 @@ class _Conn(asyncio.Protocol):
     # -- use
 
     def _fail(self, exc: Exception) -> None:
+        self.pending.clear()
         fut, self.done = self.done, None
         self.sink = None
         if fut is not None and not fut.done():

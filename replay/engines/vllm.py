@@ -212,17 +212,29 @@ class VllmEngine(OpenAICompatEngine):
             except Exception:
                 pass
 
+    def _exited(self) -> str | None:
+        proc = self.server.proc if self.server is not None else None
+        if self.server is not None and (proc is None or proc.poll() is not None):
+            code = proc.returncode if proc is not None else "?"
+            return f"the vLLM that mrw launched exited (code {code}; log: {self.log_path()})"
+        return None
+
     async def health(self) -> str | None:
-        if self.server is not None:
-            proc = self.server.proc
-            if proc is None or proc.poll() is not None:
-                code = proc.returncode if proc is not None else "?"
-                return f"the vLLM that mrw launched exited (code {code}; log: {self.log_path()})"
+        if (why := self._exited()) is not None:
+            return why
         try:
             async with httpx.AsyncClient(timeout=3.0, trust_env=False) as c:
                 r = await c.get(self.root + "/health")
             return None if r.status_code == 200 else f"vLLM at {redact_url(self.root)} is unhealthy (HTTP {r.status_code})"
         except httpx.HTTPError as e:
+            # A killed server closes its sockets before it can be reaped: give the launched
+            # process a moment to show as exited, so the error names the real cause.
+            for _ in range(20):
+                if (why := self._exited()) is not None:
+                    return why
+                if self.server is None:
+                    break
+                await asyncio.sleep(0.1)
             return f"vLLM at {redact_url(self.root)} stopped answering ({why_unreachable(e)})"
 
     def log_path(self) -> Path | None:
