@@ -252,5 +252,163 @@ def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_
         sm.print_comparison(sums, out)
 
 
+# ---------------------------------------------------------------------------- sharing
+# Trace sets (pack/unpack/verify), anonymisation and foreign formats (import/export):
+# mrw.tracesets, mrw.anonymize, mrw.formats. See docs/sharing.md.
+
+
+def _print_verify(report) -> None:
+    for f in report.files:
+        if f.ok:
+            what = f" ({f.workflows} workflows, {f.calls} calls)" if f.calls is not None else ""
+            out.print(f"{f.path}: ok{what}", highlight=False, soft_wrap=True)
+        else:
+            for p in f.problems:
+                out.print(f"{f.path}: FAILED: {p}", highlight=False, soft_wrap=True)
+    for p in report.problems:
+        out.print(f"{report.source}: FAILED: {p}", highlight=False, soft_wrap=True)
+
+
+def _limits(max_bytes: int | None):
+    from mrw.tracesets import DEFAULT_LIMITS, Limits
+
+    if max_bytes is None:
+        return DEFAULT_LIMITS
+    return Limits(max_member_bytes=max_bytes, max_total_bytes=max_bytes)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Archive to write (.tar.gz).")
+@click.option("--licence", "--license", "licence", default="", help="Licence of the set, e.g. CC-BY-4.0.")
+@click.option("--provenance", default="", help="Free text: who recorded it, how, on what hardware, for what.")
+@click.option("--provenance-file", type=click.Path(path_type=Path, dir_okay=False), help="Read --provenance from a file.")
+def pack(directory: Path, output: Path, licence: str, provenance: str, provenance_file: Path | None) -> None:
+    """Pack a DIRECTORY of traces into a trace set: MANIFEST.json (checksums, versions,
+    workloads, models, licence, provenance) + the traces, as one .tar.gz."""
+    from mrw.tracesets import pack as do_pack
+
+    if provenance_file is not None:
+        provenance = provenance_file.read_text(encoding="utf-8").strip()
+    man, skipped = do_pack(directory, output, licence=licence, provenance=provenance)
+    for p in skipped:
+        console.print(f"mrw: note: skipped {p} (not a trace, README or LICENSE)", highlight=False)
+    if not licence:
+        console.print("mrw: note: no --licence given; say under which terms others may use the set", highlight=False)
+    n = sum(1 for f in man.files if f.kind == "trace")
+    out.print(f"{output}: {n} traces ({', '.join(man.workloads)}), manifest with SHA-256 of {len(man.files)} files", highlight=False)
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="New or empty directory.")
+@click.option("--max-bytes", type=int, help="Bound on the decompressed size (default 8 GiB in all, 2 GiB a file).")
+def unpack(archive: Path, output: Path, max_bytes: int | None) -> None:
+    """Unpack a trace set safely (nothing outside OUTPUT, no links or devices, sizes bounded),
+    then verify every file; exit 1 if any fails."""
+    from mrw.tracesets import unpack as do_unpack
+    from mrw.tracesets import verify_dir
+
+    limits = _limits(max_bytes)
+    man = do_unpack(archive, output, limits=limits)
+    report = verify_dir(output, limits=limits)
+    _print_verify(report)
+    if man.licence:
+        out.print(f"licence: {man.licence}", highlight=False)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--max-bytes", type=int, help="Bound on the decompressed size of an archive.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-file results as JSON.")
+def verify(path: Path, max_bytes: int | None, as_json: bool) -> None:
+    """Verify a trace set (directory or .tar.gz): every file's checksum, schema and semantics,
+    reported per file; exit 1 on any failure."""
+    from mrw.tracesets import verify as do_verify
+
+    report = do_verify(path, limits=_limits(max_bytes))
+    if as_json:
+        import orjson
+
+        d = {"source": report.source, "ok": report.ok, "problems": report.problems,
+             "files": [{"path": f.path, "ok": f.ok, "problems": f.problems} for f in report.files]}
+        click.echo(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_verify(report)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Anonymised trace to write.")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Local tokenizer directory of the model the trace was recorded with (required).")
+@click.option("--block-size", default=16, show_default=True, help="Tokens per hashed block.")
+def anonymize(src: Path, output: Path, tokenizer_dir: Path | None, block_size: int) -> None:
+    """Remove all text from a trace, keeping token counts, the DAG, timings and prefix sharing
+    (salted chained hashes of token blocks; the salt is not kept)."""
+    from mrw.anonymize import anonymize_file
+
+    if output.resolve() == src.resolve():
+        raise click.UsageError("write the anonymised trace to a new file, not over the original")
+    rep = anonymize_file(src, output, tokenizer_dir=tokenizer_dir, block_size=block_size)
+    out.print(f"{output}: {rep.calls} calls, text removed, hash_ids of {block_size}-token blocks", highlight=False)
+
+
+def _tokenizer_opt(tokenizer_dir: Path | None):
+    if tokenizer_dir is None:
+        return None
+    from mrw.anonymize import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)
+
+
+@cli.command(name="import")
+@click.argument("fmt", metavar="FORMAT")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="mrw trace to write.")
+@click.option("--block-size", type=int, help="Tokens per hash_ids block (mooncake; default 512).")
+@click.option("--group", type=click.Choice(["none", "session"]), default="none", show_default=True,
+              help="mooncake: make one workflow per AIPerf session_id (a chain of turns).")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Tokenizer directory, to count tokens a format does not carry (aiperf-dag, otel).")
+@click.option("--workload", help="Workload name for the header (default: the format).")
+def import_(fmt: str, src: Path, output: Path, block_size: int | None, group: str, tokenizer_dir: Path | None,
+            workload: str | None) -> None:
+    """Import a foreign trace (FORMAT: mooncake, azure, aiperf-dag, otel) as an mrw trace.
+    What the format cannot express is printed and kept in the header's extra.import."""
+    from mrw.formats import import_trace
+    from mrw.trace import dump
+
+    trace, notes = import_trace(src, fmt, block_size=block_size, group=group,
+                                tokenizer=_tokenizer_opt(tokenizer_dir), workload=workload)
+    dump(trace, output)
+    for n in notes:
+        console.print(f"mrw: note: {fmt}: {n}", highlight=False, soft_wrap=True)
+    out.print(f"{output}: {len(trace.workflows)} workflows, {trace.n_calls} calls", highlight=False)
+
+
+@cli.command(name="export")
+@click.argument("fmt", metavar="FORMAT")
+@click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+              help="File to write (otel: a directory).")
+@click.option("--block-size", type=int, help="mooncake: tokens per hash_ids block (a multiple of the trace's).")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Tokenizer directory: hash text prompts (mooncake) or synthesise text for text-free calls.")
+def export(fmt: str, src: Path, output: Path, block_size: int | None, tokenizer_dir: Path | None) -> None:
+    """Export an mrw trace to a foreign FORMAT (mooncake, aiperf-dag, otel); prints what is lost."""
+    from mrw.formats import export_trace
+    from mrw.trace import load
+
+    notes = export_trace(load(src), output, fmt, block_size=block_size, tokenizer=_tokenizer_opt(tokenizer_dir))
+    for n in notes:
+        console.print(f"mrw: note: {fmt}: {n}", highlight=False, soft_wrap=True)
+    out.print(f"{output}: written", highlight=False)
+
+
 if __name__ == "__main__":
     main()

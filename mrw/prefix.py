@@ -9,6 +9,7 @@ Two prompts that share a prefix of k whole blocks share their first k hashes. Us
 from __future__ import annotations
 
 import hashlib
+from array import array
 from typing import Iterable, Sequence
 
 
@@ -19,7 +20,7 @@ def block_hashes(seq: Sequence, block_size: int, salt: bytes = b"") -> list[int]
     prev = salt
     for i in range(0, len(seq), block_size):
         block = seq[i : i + block_size]
-        data = block.encode() if isinstance(block, str) else b",".join(str(t).encode() for t in block)
+        data = block.encode() if isinstance(block, str) else array("q", block).tobytes()
         h = hashlib.blake2b(prev + b"|" + data, digest_size=8).digest()
         out.append(int.from_bytes(h, "big") >> 1)
         prev = h
@@ -42,3 +43,15 @@ def hit_blocks(hash_lists: Iterable[list[int]]) -> tuple[int, int]:
             else:
                 seen.add(h)
     return hits, total
+
+
+def coarsen(hash_ids: Sequence[int], block_size: int, new_block_size: int) -> list[int]:
+    """Chained hashes of `block_size`-token blocks -> those of `new_block_size`-token blocks
+    (a multiple of it), exactly: because hashes chain, the hash of the last fine block inside
+    a coarse block already identifies the whole prefix up to it. The trailing partial block
+    maps to the last fine hash, which covers the whole sequence."""
+    if new_block_size % block_size:
+        raise ValueError(f"block size {new_block_size} is not a multiple of {block_size}")
+    r = new_block_size // block_size
+    n = len(hash_ids)
+    return [hash_ids[min((j + 1) * r, n) - 1] for j in range(-(-n // r))]

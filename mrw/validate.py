@@ -10,7 +10,7 @@ import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from mrw.errors import TraceError
 from mrw.trace import FORMAT_NAME, FORMAT_VERSION
@@ -80,21 +80,39 @@ def schema_problems(doc: dict) -> list[Problem]:
     return [Problem(_json_path(p), m) for p, m in errs]
 
 
+# One step per old version: MIGRATIONS[v] turns a version-v document into a version-(v+1)
+# one (and sets header.version). A v2 format adds `MIGRATIONS[1] = _v1_to_v2` and nothing else.
+# Version 1 is the first version, so there is nothing to migrate yet.
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+
+
 def migrate(doc: dict, name: str = "<trace>") -> dict:
-    """Bring an older format version up to the current one, or refuse naming both versions."""
+    """Bring an older format version up to the current one, step by step, or refuse
+    naming both the trace's version and the one this mrw reads."""
     header = doc.get("header") if isinstance(doc, dict) else None
     if not isinstance(header, dict):
         return doc  # the schema check reports the missing header
     fmt, ver = header.get("format"), header.get("version")
     if fmt not in (None, FORMAT_NAME):
         raise TraceError(f"{name}: format is {fmt!r}, not {FORMAT_NAME!r}; import it with `mrw import` instead")
-    if isinstance(ver, int) and ver > FORMAT_VERSION:
+    if not isinstance(ver, int) or isinstance(ver, bool):
+        return doc  # the schema check reports a missing or non-integer version
+    if ver > FORMAT_VERSION:
         raise TraceError(
             f"{name}: trace format version {ver} is newer than this mrw reads (version {FORMAT_VERSION}); upgrade mrw"
         )
-    if isinstance(ver, int) and ver < 1:
-        raise TraceError(f"{name}: trace format version {ver} is unknown (this mrw reads version {FORMAT_VERSION})")
-    # Version 1 is the first version: nothing to migrate yet. A future v2 adds its step here.
+    while ver < FORMAT_VERSION:
+        step = MIGRATIONS.get(ver)
+        if step is None:
+            raise TraceError(
+                f"{name}: trace format version {ver} is unknown or too old to migrate "
+                f"(this mrw reads version {FORMAT_VERSION})"
+            )
+        doc = step(doc)
+        new_ver = doc["header"]["version"]
+        if new_ver != ver + 1:  # a broken step must not loop or skip silently
+            raise TraceError(f"{name}: migration from version {ver} produced version {new_ver}, expected {ver + 1}")
+        ver = new_ver
     return doc
 
 
