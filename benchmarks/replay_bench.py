@@ -389,21 +389,36 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+SUSTAINED_P50_MS = 5.0
+
+
 def summary(results: dict[str, Any], limit_ms: float = 1.0) -> dict[str, Any]:
-    """Per tool and kind: the highest rate whose p99 lateness <= limit with every call sent,
-    and the lowest window CPU per request among the rates it passed."""
+    """Per tool and kind:
+    - the goal's measure: the highest rate whose p99 lateness <= limit with every call sent;
+    - a measure that still separates the tools on a loaded machine, where no one meets the
+      goal: the highest rate *sustained* (achieved >= 98% of the target, p50 lateness <=
+      SUSTAINED_P50_MS), i.e. the tool kept up with the schedule;
+    - the steady-state CPU per request at each of those rates."""
     out: dict[str, Any] = {}
     for r in results["runs"]:
         if r.get("skipped"):
             continue
         key = f"{r['tool']}/{r['schedule']['kind']}"
-        e = out.setdefault(key, {"max_rate_p99_le_1ms": None, "cpu_ms_per_request_at_max": None, "rates_tried": []})
+        e = out.setdefault(key, {"max_rate_p99_le_1ms": None, "cpu_ms_per_request_at_max": None,
+                                 "max_rate_sustained": None, "cpu_ms_per_request_at_sustained": None, "rates_tried": []})
         rate = r["schedule"]["rate"]
         e["rates_tried"].append(rate)
-        p99 = r["lateness"]["all_ms"]["p99"]
+        la = r["lateness"]
+        p50, p99 = la["all_ms"]["p50"], la["all_ms"]["p99"]
+        cpu = r["client"]["cpu_ms_per_request_window"]
         if r["ok"] and p99 is not None and p99 <= limit_ms and (e["max_rate_p99_le_1ms"] is None or rate > e["max_rate_p99_le_1ms"]):
             e["max_rate_p99_le_1ms"] = rate
-            e["cpu_ms_per_request_at_max"] = r["client"]["cpu_ms_per_request_window"]
+            e["cpu_ms_per_request_at_max"] = cpu
+        ach = la.get("achieved_rate")
+        if (r["ok"] and p50 is not None and p50 <= SUSTAINED_P50_MS and ach is not None and ach >= 0.98 * rate
+                and (e["max_rate_sustained"] is None or rate > e["max_rate_sustained"])):
+            e["max_rate_sustained"] = rate
+            e["cpu_ms_per_request_at_sustained"] = cpu
     return out
 
 
