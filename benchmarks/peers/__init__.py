@@ -115,7 +115,7 @@ class AIPerf(Adapter):
             site = Path(self.exe).resolve().parent.parent
             dist = next(site.glob("lib/python*/site-packages/aiperf-*.dist-info"), None)
             if dist is not None:
-                self.version = dist.name.split("-")[1]
+                self.version = dist.name.removesuffix(".dist-info").split("-")[1]
         except Exception:
             pass
 
