@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
+from pathlib import Path
 
 import orjson
 import pytest
 
-from benchmarks import replay_bench, trace_io
-from benchmarks.schedules import Schedule, mrw_trace, write_aiperf, write_vllm
-from mrw import validate as v
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is not a package of mrw
+from benchmarks import replay_bench, trace_io  # noqa: E402
+from benchmarks.schedules import Schedule, mrw_trace, write_aiperf, write_vllm  # noqa: E402
+from mrw import validate as v  # noqa: E402
 
 
 def free_port() -> int:
