@@ -458,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="local HF tokenizer directory for the peers (they need one; mrw does not)")
     ap.add_argument("--mrw-python", help="python that runs `-m mrw` (default: this one)")
     ap.add_argument("--aiperf", help="aiperf executable (default: .venv-aiperf/bin/aiperf)")
+    ap.add_argument("--aiperf-args", default="", help="extra aiperf arguments, e.g. '--workers-max 1' (default: its defaults)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the wrk ceiling measurement")
     ap.add_argument("--out", type=Path, help="results file (default: benchmarks/results/replay-<time>.json)")
     ap.add_argument("--keep", action="store_true", help="keep the tools' work directories")
@@ -465,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     tok = a.tokenizer if a.tokenizer and Path(a.tokenizer).exists() else None
-    adapters = {t.name: t for t in default_adapters(tok, a.mrw_python, a.aiperf)}
+    import shlex
+
+    adapters = {t.name: t for t in default_adapters(tok, a.mrw_python, a.aiperf, shlex.split(a.aiperf_args))}
     tools = [adapters[n] for n in a.tools.split(",") if n]
     scheds = [Schedule("independent", float(r), a.duration, a.tokens) for r in a.rates.split(",") if r]
     scheds += [Schedule("chains", float(r), a.duration, a.tokens, a.chain_len, a.wait_ms) for r in a.chain_rates.split(",") if r]

@@ -105,9 +105,10 @@ class Mrw(Adapter):
 class AIPerf(Adapter):
     name = "aiperf"
 
-    def __init__(self, exe: str | None = None, tokenizer: str | None = None):
+    def __init__(self, exe: str | None = None, tokenizer: str | None = None, extra_args: list[str] | None = None):
         self.exe = exe or os.environ.get("AIPERF") or str(REPO / ".venv-aiperf" / "bin" / "aiperf")
         self.tokenizer = tokenizer
+        self.extra_args = extra_args or []
         self.version = None
         try:
             from importlib.metadata import version  # noqa: F401
@@ -134,7 +135,7 @@ class AIPerf(Adapter):
             "--tokenizer", str(self.tokenizer), "--use-server-token-count",
             "--extra-inputs", "ignore_eos:true", "--extra-inputs", f"min_tokens:{s.tokens}",
             "--ui-type", "none", "--no-server-metrics", "--no-gpu-telemetry",
-            "--artifact-dir", str(workdir / "artifacts"),
+            "--artifact-dir", str(workdir / "artifacts"), *self.extra_args,
         ]
         return Job(cmd, workdir=workdir)
 
@@ -203,5 +204,6 @@ class VllmBench(Adapter):
         return {k: d.get(k) for k in ("completed", "failed", "request_throughput") if k in d}
 
 
-def default_adapters(tokenizer: str | None, mrw_python: str | None = None, aiperf: str | None = None) -> list[Adapter]:
-    return [Mrw(mrw_python), AIPerf(aiperf, tokenizer=tokenizer), VllmBench(tokenizer=tokenizer)]
+def default_adapters(tokenizer: str | None, mrw_python: str | None = None, aiperf: str | None = None,
+                     aiperf_args: list[str] | None = None) -> list[Adapter]:
+    return [Mrw(mrw_python), AIPerf(aiperf, tokenizer=tokenizer, extra_args=aiperf_args), VllmBench(tokenizer=tokenizer)]
