@@ -234,7 +234,10 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json's content instead of tables.")
 @click.option("--workflows", "show_workflows", is_flag=True, help="Also list every workflow's makespan and critical path.")
 @click.option("--no-write", is_flag=True, help="Do not write summary.json into the run directories.")
-def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_write: bool) -> None:
+@click.option("--plot", is_flag=True, help="Also draw RUN_DIR/timeline.png (and compare.png for several runs; needs mrw[analysis]).")
+@click.option("--plot-out", type=click.Path(path_type=Path), default=Path("compare.png"), show_default=True,
+              help="Where the comparison figure of several runs goes.")
+def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_write: bool, plot: bool, plot_out: Path) -> None:
     """Summarise run directories: throughput, TTFT/TPOT/E2E, makespans, critical paths, energy.
     Several RUN_DIRS are compared side by side."""
     import orjson
@@ -242,6 +245,13 @@ def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_
     from mrw.analysis import summary as sm
 
     sums = [sm.summarize(d, write=not no_write) for d in run_dirs]
+    if plot:
+        from mrw.analysis.plots import plot_compare, plot_run
+
+        for d in run_dirs:
+            console.print(f"figure: {plot_run(d)}", highlight=False)
+        if len(run_dirs) > 1:
+            console.print(f"figure: {plot_compare(list(run_dirs), plot_out)}", highlight=False)
     if as_json:
         doc = sums[0] if len(sums) == 1 else {"runs": sums}
         click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
@@ -250,6 +260,89 @@ def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_
         sm.print_summary(sums[0], out, show_workflows=show_workflows)
     else:
         sm.print_comparison(sums, out)
+
+
+# ---------------------------------------------------------------------------- energy
+
+
+def _print_energy(doc: dict) -> None:
+    from mrw.analysis.energy import summary_lines
+
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")
+    for k, v in summary_lines(doc):
+        t.add_row(k, v)
+    out.print(t)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--meter", "meter_spec", default="nvml,rapl,process", show_default=True,
+              help="Meters to run: any of nvml,rapl,process, or none.")
+@click.option("--baseline-s", type=float, default=5.0, show_default=True, help="Idle seconds metered before CMD starts.")
+@click.option("--period-ms", type=float, default=50.0, show_default=True, help="Timeline sampling period.")
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Directory for energy.json and power.csv [default: runs/meter-TIMESTAMP].")
+@click.option("--cap", type=float, default=None, help="GPU power cap in watts, per GPU, restored afterwards.")
+@click.option("--lock-clocks", default=None, help="Lock SM clocks: MHZ or MIN-MAX, reset afterwards.")
+@click.option("--json", "as_json", is_flag=True, help="Print energy.json instead of the summary.")
+def meter(command: tuple[str, ...], meter_spec: str, baseline_s: float, period_ms: float, out_dir: Path | None,
+          cap: float | None, lock_clocks: str | None, as_json: bool) -> None:
+    """Meter the energy of any command: mrw meter [OPTIONS] -- CMD [ARGS]...
+
+    Measures an idle baseline, then runs CMD with GPU (NVML), CPU/DRAM (RAPL) and process
+    meters sampling in the background; writes energy.json and power.csv; exits with CMD's code.
+    """
+    import subprocess
+    import time
+
+    import orjson
+
+    from mrw.analysis.energy import finalize
+    from mrw.replay.knobs import apply_knobs, signals_as_exceptions
+    from mrw.replay.meters import MeterSet, parse_meter_spec
+
+    parse_meter_spec(meter_spec)  # fail on a bad name before anything runs
+    run_dir = out_dir or Path("runs") / time.strftime("meter-%Y%m%d-%H%M%S")
+    rc = 0
+    with signals_as_exceptions(), apply_knobs(cap_w=cap, lock_clocks=lock_clocks, run_dir=run_dir):
+        with MeterSet.for_run(run_dir, meters=meter_spec, baseline_s=baseline_s, period_s=period_ms / 1000) as m:
+            try:
+                proc = subprocess.Popen(list(command))
+            except OSError as e:
+                raise MrwError(f"cannot run {command[0]!r}: {e.strerror}") from e
+            m.set_engine_pid(proc.pid)
+            try:
+                rc = proc.wait()
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+    doc = finalize(run_dir)
+    if as_json:
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_energy(doc)
+        console.print(f"[dim]{run_dir}/energy.json, {run_dir}/power.csv[/dim]")
+    if rc:
+        raise SystemExit(rc if rc > 0 else 128 - rc)
+
+
+@cli.command("restore-knobs")
+def restore_knobs() -> None:
+    """Put back GPU power limits and clock locks left by an mrw that was killed (SIGKILL)."""
+    from mrw.replay.knobs import restore_pending
+
+    done = restore_pending()
+    for line in done:
+        out.print(line, highlight=False)
+    if not done:
+        out.print("nothing to restore")
 
 
 # ---------------------------------------------------------------------------- sharing

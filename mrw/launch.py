@@ -234,9 +234,9 @@ class VllmServer:
 
 
 def _stop_group(proc: subprocess.Popen, timeout_s: float) -> None:
-    # The server leads its own session (start_new_session), so its group id is its pid, and
-    # that id still reaches the workers after the leader died and was reaped (a health check's
-    # poll() reaps it): asking os.getpgid then would find nothing and leave them running.
+    # start_new_session=True made the server its group's leader, so pgid == pid. Not
+    # os.getpgid(): once the leader has died and been reaped (poll() does that), getpgid
+    # fails, yet its workers still hold the group and must be killed with it.
     pgid: int | None = proc.pid
     for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
         try:

@@ -29,7 +29,7 @@ from .engines.base import CallResult, Engine, EngineOptions
 from .engines.openai_compat import redact_url
 from .engines.registry import get_engine
 from .metrics_scrape import MetricsScraper
-from .scheduler import EngineDied, ReplayOptions, Scheduler, check_feasible, select_workflows
+from .scheduler import EngineDied, ReplayOptions, Scheduler, check_feasible, select_workflows, synth_tokenizer
 
 
 @dataclass(slots=True)
@@ -91,6 +91,16 @@ def _engine_options_record(o: EngineOptions) -> dict[str, Any]:
     }
 
 
+def _mark_all(sched: Scheduler | None, trace, workflows, engine, record, opts, why: str) -> None:
+    """Give every call without a result its "not finished" line (also when the run never began,
+    e.g. the engine failed to start), so requests.jsonl always covers the whole trace."""
+    try:
+        s = sched or Scheduler(trace, workflows, engine, record, opts)
+        s._mark_unfinished(why)
+    except Exception:
+        pass
+
+
 async def replay_async(
     trace_path: str | os.PathLike,
     engine_name: str,
@@ -104,7 +114,7 @@ async def replay_async(
     trace = load(trace_path)
     workflows = select_workflows(trace, opts)
     engine_cls = get_engine(engine_name)
-    engine: Engine = engine_cls(engine_options)
+    engine: Engine = engine_cls.from_options(engine_options)
     notes = check_feasible(trace, workflows, engine.capabilities, opts)
     if not opts.force_output_length:
         notes.append("output lengths not forced (--no-force-length): responses end where the model stops")
@@ -132,9 +142,11 @@ async def replay_async(
             "progress": {"total": n_calls, "finished": 0, "failed": 0},
         },
     )
-    engine.options.log_dir = run_dir
+    if isinstance(getattr(engine, "options", None), EngineOptions):
+        engine.options.log_dir = run_dir
     scraper: MetricsScraper | None = None
     sched: Scheduler | None = None
+    meta_writes: list[asyncio.Future] = []
     status, error = "failed", None
     t_start = time.perf_counter()
 
@@ -152,6 +164,12 @@ async def replay_async(
         fid.notes.extend(notes)
         if not opts.force_output_length:
             fid.output_length_forced = False
+        tok = None
+        if any(not c.has_text for w in workflows for c in w.calls):
+            tok, note = synth_tokenizer(desc.get("model_path"))
+            if note:
+                fid.notes.append(note)
+                notes.append(note)
         files = {"requests": runmod.REQUESTS}
         if engine.log_path() is not None:
             files["engine_log"] = os.path.relpath(engine.log_path(), run_dir)  # type: ignore[arg-type]
@@ -165,13 +183,14 @@ async def replay_async(
             versions=runmod.versions(engine=desc.get("server_version")),
             files=files,
         )
-        sched = Scheduler(trace, workflows, engine, record, opts)
+        sched = Scheduler(trace, workflows, engine, record, opts, tok)
         if on_scheduler is not None:
             on_scheduler(sched, asyncio.current_task())  # type: ignore[arg-type]
         if progress is not None:
             progress.start(n_calls, f"replay {engine.name}")
-        # Everything loaded so far (trace, requests plan, modules) lives for the whole run:
-        # freeze it out of the cyclic GC, whose full passes over it would stall dispatch.
+        # The trace and everything built so far live for the whole run: move them out of the
+        # cyclic GC's sight, so a full collection mid-run (a dispatch stall that grows with
+        # the trace) has only the run's own new objects to scan.
         gc.collect()
         gc.freeze()
         # t0: the zero of every time in requests.jsonl and metrics.jsonl. Set last, so that
@@ -190,15 +209,18 @@ async def replay_async(
                     progress.update(sched.finished, sched.failed)
                 if time.perf_counter() - last_meta > 5.0:
                     last_meta = time.perf_counter()
-                    # run.json is fsynced: off the loop, so dispatch is not held up.
-                    await asyncio.to_thread(writer.update, progress={"total": n_calls, "finished": sched.finished, "failed": sched.failed})
+                    # run.json is fsynced: off the loop, so dispatch is not held up. Shielded
+                    # and awaited before the final write, so a late progress write can never
+                    # replace the final status.
+                    prog = {"total": n_calls, "finished": sched.finished, "failed": sched.failed}
+                    meta_writes.append(asyncio.ensure_future(asyncio.to_thread(writer.update, progress=prog)))
+                    await asyncio.shield(meta_writes[-1])
 
         ticker = asyncio.ensure_future(tick())
         try:
             await sched.run()
         finally:
             ticker.cancel()
-            gc.unfreeze()
             if progress is not None:
                 progress.update(sched.finished, sched.failed)
                 progress.stop()
@@ -212,26 +234,26 @@ async def replay_async(
         status, error = "failed", f"engine died mid-run: {e}"
         raise EngineError(f"{error}; finished requests are in {run_dir}") from None
     except asyncio.CancelledError:
-        status, error = "interrupted", (sched.stop_reason if sched and sched.stop_reason else "interrupted")
-        if sched is not None:
-            sched._mark_unfinished(error)
+        status, error = "interrupted", (sched.stop_reason if sched and sched.stop_reason else "interrupted before the replay began")
+        _mark_all(sched, trace, workflows, engine, record, opts, error)
         raise
     except BaseException as e:
         if error is None:
             error = f"{type(e).__name__}: {e}" if not isinstance(e, MrwError) else str(e)
         status = "failed"
-        if sched is not None:
-            try:
-                sched._mark_unfinished(f"mrw stopped: {error}")
-            except Exception:
-                pass
+        _mark_all(sched, trace, workflows, engine, record, opts, error if sched is None else f"mrw stopped: {error}")
         raise
     finally:
+        pending = [f for f in meta_writes if not f.done()]
+        if pending:
+            await asyncio.wait(pending)
         if scraper is not None:
             await scraper.stop()
         await engine.close()
-        wall = time.perf_counter() - t_start
-        extra: dict[str, Any] = {"duration_s": round(wall, 3)}
+        t_end = time.perf_counter()
+        extra: dict[str, Any] = {"wall_s": round(t_end - t_start, 3)}  # engine start-up included
+        if engine.t0 >= t_start and sched is not None:
+            extra["duration_s"] = round(t_end - engine.t0, 3)  # the replay itself, from t0
         if sched is not None:
             extra["progress"] = {"total": n_calls, "finished": sched.finished, "failed": sched.failed}
             extra["token_check"] = sched.check.to_dict()
@@ -245,6 +267,7 @@ async def replay_async(
         if scraper is not None:
             extra["metrics_scrape"] = scraper.to_dict()
         writer.finish(status, error, **extra)
+        gc.unfreeze()
     ok = sum(1 for r in sched.results.values() if r.ok)
     return ReplayOutcome(
         run_dir=run_dir,
@@ -256,20 +279,6 @@ async def replay_async(
         wall_s=time.perf_counter() - t_start,
         token_check=sched.check.to_dict(),
     )
-
-
-def run_loop(coro: Any) -> Any:
-    """asyncio.run on uvloop where it is installed (less CPU per request than the default
-    loop; docs/performance.md), else on asyncio's own loop. MRW_EVENT_LOOP=asyncio forces the
-    default loop, for comparison."""
-    if os.environ.get("MRW_EVENT_LOOP", "uvloop") != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.run(coro)
-    return asyncio.run(coro)
 
 
 def replay(
@@ -315,7 +324,7 @@ def replay(
                 loop.remove_signal_handler(s)
 
     try:
-        outcome = run_loop(main())
+        outcome = asyncio.run(main())
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     outcome.signal = got["signal"]

@@ -87,19 +87,39 @@ def arrival_times(workflows: list[Workflow], opts: ReplayOptions) -> list[float]
     return [(w.arrival_s - base) * opts.time_scale for w in workflows]
 
 
-def synth_prompt(call: Call, header: Header) -> list[int]:
+def synth_prompt(call: Call, header: Header, tokenizer: Any = None) -> list[int]:
     """Token ids for a call recorded without text (anonymised: hash_ids only).
 
-    The seam for `mrw.synth`: it turns salted block hashes into token ids that reproduce the
-    trace's prefix sharing. Until that module exists, replaying such a trace is refused."""
+    The seam to `mrw.synth`: block hashes become token ids that reproduce the trace's prefix
+    sharing, drawn from the served model's vocabulary when its tokenizer is at hand."""
     try:
-        from mrw import synth  # type: ignore[attr-defined]
+        from mrw import synth
     except ImportError:
         raise NotSupportedError(
             f"call {call.id} has no text (an anonymised trace with hash_ids only); replaying it needs "
-            "token-id prompts from mrw.synth, which this mrw does not have yet"
+            "token-id prompts from mrw.synth, which this mrw does not have"
         ) from None
-    return synth.prompt_token_ids(call, header)
+    return synth.prompt_token_ids(call, header, tokenizer)
+
+
+def synth_tokenizer(model_path: str | None) -> tuple[Any, str | None]:
+    """(the served model's tokenizer, None) when its folder is on this host, else (None, a
+    fidelity note): synthetic prompts then use mrw.synth's fallback vocabulary."""
+    if model_path:
+        try:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(model_path), None
+        except Exception as e:  # not on this host, or not a tokenizer folder
+            why = f"{type(e).__name__}"
+        else:  # pragma: no cover
+            why = ""
+    else:
+        why = "the engine does not say which model folder it serves"
+    return None, (
+        f"text-free calls: token ids drawn from mrw.synth's fallback vocabulary ({why}); "
+        "prefix sharing is reproduced, token identities are not the model's"
+    )
 
 
 def build_request(
@@ -108,6 +128,7 @@ def build_request(
     outputs: Mapping[str, str],
     header: Header,
     opts: ReplayOptions,
+    tokenizer: Any = None,
 ) -> Request:
     """The one place a trace Call becomes a Request: prompt rebuilt, output length forced."""
     messages = prompt = None
@@ -116,7 +137,7 @@ def build_request(
     elif call.prompt is not None:
         prompt = call.render_prompt(outputs)
     else:
-        prompt = synth_prompt(call, header)
+        prompt = synth_prompt(call, header, tokenizer)
     sampling = {k: v for k, v in call.sampling.items() if k not in _OWNED_FIELDS}
     n = max(1, call.output_tokens)
     if opts.force_output_length:
@@ -157,11 +178,9 @@ def check_feasible(trace: Trace, workflows: list[Workflow], caps: Capabilities, 
     if textless:
         if not caps.token_id_prompts:
             raise NotSupportedError(f"{textless} call(s) have no text (hash_ids only) and this engine cannot take token-id prompts")
-        try:
-            import mrw.synth  # type: ignore[import-not-found]  # noqa: F401
-        except ImportError:
-            first = next(c for w in workflows for c in w.calls if not c.has_text)
-            synth_prompt(first, trace.header)  # raises the one clear error
+        first = next(c for w in workflows for c in w.calls if not c.has_text)
+        synth_prompt(first, trace.header)  # raises the one clear error if it cannot work
+        notes.append(f"{textless} text-free call(s) replayed with synthetic token-id prompts built from their hash_ids (mrw.synth)")
     if opts.live_refs:
         notes.append("--live-refs: prompts splice live upstream outputs, so input token counts may differ from the trace")
     return notes
@@ -226,7 +245,9 @@ class _Node:
 class Scheduler:
     """Replays `workflows` against `engine`; `sink` receives every call's result once."""
 
-    def __init__(self, trace: Trace, workflows: list[Workflow], engine: Engine, sink: Sink, opts: ReplayOptions):
+    def __init__(self, trace: Trace, workflows: list[Workflow], engine: Engine, sink: Sink, opts: ReplayOptions,
+                 tokenizer: Any = None):
+        self.tokenizer = tokenizer  # for synthetic prompts of text-free calls
         self.trace = trace
         self.workflows = workflows
         self.engine = engine
@@ -346,7 +367,7 @@ class Scheduler:
 
     async def _issue(self, n: _Node, t_sched: float) -> None:
         c = n.call
-        req = build_request(c, n.wf.id, self.outputs, self.trace.header, self.opts)
+        req = build_request(c, n.wf.id, self.outputs, self.trace.header, self.opts, self.tokenizer)
         if t_sched - self.now() > 0:
             await self._timer.wait_until(self.engine.t0 + t_sched)
         if self.stop_reason is not None:
@@ -382,6 +403,9 @@ class Scheduler:
         if res.ok and self.opts.live_refs and res.output is not None:
             self.outputs[c.id] = res.output
         self.sink(res)
+        # On disk now: drop the bulky parts (a long run would otherwise hold every token time).
+        res.token_times = None
+        res.output = None
         if not res.ok and self.stop_reason is None:
             self._skip_descendants(n, f"not issued: dependency {c.id} failed")
         elif not self.whole_workflow and self.stop_reason is None:
@@ -409,7 +433,7 @@ class Scheduler:
     # -- workflow-level engines
 
     async def _run_workflow(self, w: Workflow, t_arrival: float) -> None:
-        reqs = {c.id: build_request(c, w.id, self.outputs, self.trace.header, self.opts) for c in w.calls}
+        reqs = {c.id: build_request(c, w.id, self.outputs, self.trace.header, self.opts, self.tokenizer) for c in w.calls}
         for c in w.calls:
             self.issued[c.id] = t_arrival
 

@@ -40,10 +40,19 @@ BAD = "bad-0/too-long"
 BAD_CHILD = "bad-0/after"
 
 
-def conformance_trace(small: Path, out: Path) -> Path:
-    """The small trace plus a workflow whose first call the engine must reject (it asks for
-    more output tokens than the model's context), with a dependent that must not run."""
+CMPL = "cmpl-0/complete"
+CMPL_PROMPT = "The three primary colours of light are red, green and"
+
+
+def conformance_trace(small: Path, out: Path, model_dir: str) -> Path:
+    """The small trace, plus a completions-API (prompt, not chat) call, plus a workflow whose
+    first call the engine must reject (it asks for more output tokens than the model's
+    context), with a dependent that must not run."""
+    from transformers import AutoTokenizer
+
     t = load(small)
+    n_prompt = len(AutoTokenizer.from_pretrained(model_dir)(CMPL_PROMPT)["input_ids"])
+    t.workflows.append(Workflow("cmpl-0", 0.1, [Call(CMPL, "complete", [], 0.0, n_prompt, 9, prompt=[{"text": CMPL_PROMPT}], output=" blue")]))
     sys_msg = Message("system", [{"text": "You are a concise assistant."}])
     t.workflows.append(
         Workflow("bad-0", 0.2, [
@@ -56,11 +65,11 @@ def conformance_trace(small: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module", params=sorted(ENGINE_CASES))
-def conformance_run(request, small_trace, tmp_path_factory):
+def conformance_run(request, small_trace, replay_model_dir, tmp_path_factory):
     """(case name, run dir, run.json, rows by call id, the trace) for one engine case."""
     name, opts = ENGINE_CASES[request.param](request)
     d = tmp_path_factory.mktemp(f"conf-{request.param}")
-    trace_path = conformance_trace(small_trace, d / "trace.json")
+    trace_path = conformance_trace(small_trace, d / "trace.json", replay_model_dir)
     outcome = replay(trace_path, name, opts, ReplayOptions(), d / "run")
     meta = orjson.loads((outcome.run_dir / runmod.RUN_JSON).read_bytes())
     rows = [orjson.loads(l) for l in (outcome.run_dir / runmod.REQUESTS).read_bytes().splitlines()]
@@ -138,7 +147,7 @@ def test_analyze_reads_the_run(conformance_run):
     assert s["requests"]["ok"] == sum(r["ok"] for r in rows)
     assert s["requests"]["failed"] + s["requests"]["skipped"] == 2
     assert s["latency"]["e2e_s"]["n"] == s["requests"]["ok"]
-    assert s["workflows"]["complete"] == 2 and s["workflows"]["count"] == 3
+    assert s["workflows"]["complete"] == 3 and s["workflows"]["count"] == 4
     assert s["throughput"]["output_tokens_per_s"] > 0
     assert (run_dir / "summary.json").exists()
     if meta["capabilities"]["metrics_endpoint"]:

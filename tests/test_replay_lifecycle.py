@@ -76,7 +76,8 @@ def test_engine_killed_mid_run(tiny, long_trace, tmp_path):
     replay: one clear error line, finished requests on disk, the rest marked, exit 1, and no
     process left behind (the server's workers included)."""
     run = tmp_path / "run"
-    p = start_replay(str(long_trace), "--model", str(tiny.path), "--max-model-len", "4096", "-o", str(run), "--request-timeout", "60")
+    p = start_replay(str(long_trace), "--model", str(tiny.path), "--max-model-len", "4096", "--max-num-seqs", "4",
+                     "--no-prefix-caching", "-o", str(run), "--request-timeout", "60")
     try:
         wait_lines(run / "requests.jsonl", 1, p, timeout=300)
         tree = psutil.Process(p.pid).children(recursive=True)
@@ -97,6 +98,12 @@ def test_engine_killed_mid_run(tiny, long_trace, tmp_path):
     meta = orjson.loads((run / "run.json").read_bytes())
     assert meta["status"] == "failed" and meta["error"].startswith("engine died mid-run")
     assert (run / "engine.log").stat().st_size > 0 and meta["files"]["engine_log"] == "engine.log"
+    # The knobs became launch flags, and the server itself reports the prefix-caching one.
+    eng = meta["engine"]
+    assert eng["mode"] == "embedded" and eng["knobs_applied"] == {"max_num_seqs": 4, "prefix_caching": False, "max_model_len": 4096}
+    flags = " ".join(eng["launch_flags"])
+    assert "--max-num-seqs 4" in flags and "--no-enable-prefix-caching" in flags and "--max-model-len 4096" in flags
+    assert eng["cache_config"]["enable_prefix_caching"] == "False"
     rows = rows_of(run)
     trace = load(long_trace)
     assert sorted(r["call_id"] for r in rows) == sorted(c.id for _, c in trace.calls())
@@ -110,6 +117,31 @@ def test_engine_killed_mid_run(tiny, long_trace, tmp_path):
     assert s["status"] == "failed" and s["requests"]["ok"] == len(done)
     _, alive = psutil.wait_procs(tree, timeout=10)
     assert not alive, f"left behind: {[(q.pid, q.cmdline()) for q in alive]}"
+
+
+def test_interrupt_while_the_engine_starts_leaves_nothing_running(tiny, small_trace, tmp_path):
+    run = tmp_path / "run"
+    p = start_replay(str(small_trace), "--model", str(tiny.path), "--max-model-len", "4096", "-o", str(run))
+    server = []
+    t0 = time.monotonic()
+    while not server and time.monotonic() - t0 < 60:
+        time.sleep(0.2)
+        tree = psutil.Process(p.pid).children(recursive=True)
+        server = [q for q in tree if "vllm.entrypoints.openai.api_server" in " ".join(q.cmdline())]
+    assert server, "mrw did not launch vLLM"
+    time.sleep(1.0)  # vLLM is importing, far from healthy
+    tree = [server[0], *server[0].children(recursive=True)]
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("mrw: interrupted")
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    assert not alive, f"left behind: {[(q.pid, q.cmdline()) for q in alive]}"
+    meta = orjson.loads((run / "run.json").read_bytes())
+    assert meta["status"] == "interrupted" and "before the replay began" in meta["error"]
+    rows = rows_of(run)
+    assert len(rows) == load(small_trace).n_calls and not any(r["ok"] for r in rows)
+    assert mrw("analyze", str(run)).returncode == 0
 
 
 def test_knobs_with_url_are_verified_or_refused(vllm_url, small_trace, tmp_path):

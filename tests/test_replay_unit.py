@@ -57,14 +57,18 @@ def test_build_request_splices_recorded_text_and_forces_length():
     assert (free.min_tokens, free.ignore_eos, free.sampling.get("stop")) == (None, False, ["\n"])
 
 
-def test_text_free_calls_are_refused_with_the_synth_seam_named():
+def test_text_free_calls_get_synthetic_token_id_prompts():
     t = build_trace()
+    t.header.block_size = 16
     c = t.workflows[0].calls[0]
     c.messages = None
-    c.hash_ids = [1, 2, 3]
-    caps = get_engine("vllm").capabilities
-    with pytest.raises(NotSupportedError, match="mrw.synth"):
-        check_feasible(t, t.workflows, caps, ReplayOptions())
+    c.input_tokens = 40
+    c.hash_ids = [11, 22, 33]
+    notes = check_feasible(t, t.workflows, get_engine("vllm").capabilities, ReplayOptions())
+    assert any("synthetic token-id prompts" in n for n in notes)
+    r = build_request(c, "doc-0", t.recorded_outputs(), t.header, ReplayOptions())
+    assert r.messages is None and isinstance(r.prompt, list) and len(r.prompt) == 40
+    assert all(isinstance(i, int) for i in r.prompt)
     with pytest.raises(NotSupportedError, match="token-id prompts"):
         check_feasible(t, t.workflows, get_engine("openai").capabilities, ReplayOptions())
 
@@ -186,3 +190,76 @@ def test_unknown_engine_and_bad_trace_are_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "mrw", "replay", str(good), "--engine", "nope", "--url", "http://127.0.0.1:9"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "unknown engine 'nope'; known engines:" in p.stderr
+
+
+def _run_dir(path: Path, label: str, e2e: float, energy: dict | None = None) -> Path:
+    """A run directory written by the real RunWriter: one workflow a -> b."""
+    w = runmod.RunWriter.create(path, {"trace": {"calls": 2, "workflows": 1}, "engine": {"engine": label}, "knobs": {"max_num_seqs": 8},
+                                       "host": runmod.host_info()})
+    w.append({"call_id": "a", "workflow_id": "w", "node": "n", "ok": True, "t_arrival": 0.0, "t_scheduled": 0.0, "t_issue": 0.001,
+              "t_first_token": 0.05, "t_end": e2e, "input_tokens": 10, "output_tokens": 5, "expected_input_tokens": 10,
+              "expected_output_tokens": 5, "deps": [], "wait_s": 0.0, "error": None})
+    w.append({"call_id": "b", "workflow_id": "w", "node": "n", "ok": True, "t_arrival": 0.0, "t_scheduled": e2e + 0.5, "t_issue": e2e + 0.502,
+              "t_first_token": e2e + 0.6, "t_end": 2 * e2e + 0.502, "input_tokens": 12, "output_tokens": 6, "expected_input_tokens": 12,
+              "expected_output_tokens": 5, "deps": ["a"], "wait_s": 0.5, "error": None})
+    w.finish("completed")
+    if energy is not None:
+        (path / "energy.json").write_bytes(orjson.dumps(energy))
+    return path
+
+
+def test_analyze_energy_figures_or_not_measured(tmp_path):
+    from mrw.analysis.summary import _rows, summarize
+
+    a = summarize(_run_dir(tmp_path / "a", "vllm", 1.0))
+    assert a["energy"] is None and dict(_rows(a))["energy"] == "not measured"
+    b = summarize(_run_dir(tmp_path / "b", "vllm", 1.0, {"summary": {"gpu_j": 1234.5, "j_per_output_token": 0.42}, "meters": []}))
+    assert b["energy"]["summary"]["gpu_j"] == 1234.5
+    assert dict(_rows(b))["energy"] == "gpu_j=1,234, j_per_output_token=0.42"
+    # token check and the critical path come from the lines alone
+    assert a["token_check"]["output_mismatch"] == 1 and a["token_check"]["output_examples"][0]["call_id"] == "b"
+    cp = a["workflows"]["critical_path_mean"]
+    assert cp["wait_s"] == pytest.approx(0.5) and cp["delay_s"] == pytest.approx(0.003) and cp["llm_s"] == pytest.approx(1.999)
+
+
+def test_analyze_side_by_side_cli(tmp_path):
+    _run_dir(tmp_path / "vllm-run", "vllm", 1.0)
+    _run_dir(tmp_path / "parrot-run", "parrot", 2.0)
+    p = subprocess.run([sys.executable, "-m", "mrw", "analyze", str(tmp_path / "vllm-run"), str(tmp_path / "parrot-run")],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert p.returncode == 0, p.stderr
+    assert "vllm-run" in p.stdout and "parrot-run" in p.stdout and "makespan" in p.stdout
+    lines = [l for l in p.stdout.splitlines() if "E2E ms" in l]
+    assert lines and "1,000.0" in lines[0] and "2,000.0" in lines[0]  # each run's own mean E2E (ms)
+    j = subprocess.run([sys.executable, "-m", "mrw", "analyze", "--json", str(tmp_path / "vllm-run"), str(tmp_path / "parrot-run")],
+                       capture_output=True, text=True, timeout=60)
+    runs = orjson.loads(j.stdout)["runs"]
+    assert [r["engine"]["engine"] for r in runs] == ["vllm", "parrot"]
+
+
+def test_analyze_refuses_what_is_not_a_run_dir(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "mrw", "analyze", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "not a run directory (no run.json)" in p.stderr
+
+
+def test_openai_engine_needs_a_url(tmp_path):
+    from mrw.trace import dump
+
+    dump(build_trace(), tmp_path / "t.json")
+    p = subprocess.run([sys.executable, "-m", "mrw", "replay", str(tmp_path / "t.json"), "--engine", "openai", "-o", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "--engine openai needs --url" in p.stderr and not (tmp_path / "r").exists()
+
+
+def test_plots_of_one_run_and_a_comparison(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mrw.analysis.plots import plot_compare, plot_run
+
+    a = _run_dir(tmp_path / "a", "vllm", 1.0)
+    b = _run_dir(tmp_path / "b", "parrot", 2.0)
+    (a / "metrics.jsonl").write_bytes(b'{"t": 0.0, "num_requests_running": 1.0, "kv_cache_usage_perc": 0.1}\n'
+                                      b'{"t": 0.5, "num_requests_running": 0.0, "kv_cache_usage_perc": 0.0}\n')
+    p = plot_run(a)
+    assert p == a / "timeline.png" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    c = plot_compare([a, b], tmp_path / "cmp.png")
+    assert c.read_bytes()[:4] == b"\x89PNG"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, ClassVar
 
@@ -127,18 +127,17 @@ class CallResult:
         return (self.t_end - self.t_first_token) / (self.output_tokens - 1)
 
     def to_dict(self, *, with_output: bool = False) -> dict[str, Any]:
-        """A shallow dict for one requests.jsonl line (lists shared, not copied: it is
-        serialised at once; `dataclasses.asdict` deep-copies and was the replay's largest
-        per-request cost)."""
-        d = {f: getattr(self, f) for f in _RESULT_FIELDS}
-        if not with_output:
-            del d["output"]
-        if not d["extra"]:
-            del d["extra"]
+        """The requests.jsonl record. Shallow on purpose (dataclasses.asdict deep-copies
+        token_times: measurable per request at high rates)."""
+        d = {k: getattr(self, k) for k in _RESULT_FIELDS}
+        if with_output:
+            d["output"] = self.output
+        if self.extra:
+            d["extra"] = self.extra
         return d
 
 
-_RESULT_FIELDS = tuple(f.name for f in fields(CallResult))
+_RESULT_FIELDS = tuple(f for f in CallResult.__dataclass_fields__ if f not in ("output", "extra"))
 
 
 @dataclass(slots=True)
@@ -166,7 +165,9 @@ class Engine(abc.ABC):
     the engine if needed, open clients), calls or workflows, `await close()` (always, on
     every exit path; stops what start() launched).
 
-    Times in CallResult are `self.now()`: seconds since the run's t0, set by the replayer.
+    Times in CallResult are `self.now()`: seconds of `time.perf_counter()` since the run's
+    t0, which the replayer sets (`engine.t0`) just before the first arrival; metrics.jsonl
+    and the meters use the same clock.
     """
 
     name: ClassVar[str]
@@ -175,6 +176,14 @@ class Engine(abc.ABC):
     def __init__(self, options: EngineOptions | None = None) -> None:
         self.options = options or EngineOptions()
         self.t0 = time.perf_counter()
+
+    @classmethod
+    def from_options(cls, options: EngineOptions) -> "Engine":
+        """Build the adapter from the options every engine shares (what the CLI parses).
+        An adapter with its own options dataclass overrides this and maps `options.url`,
+        `options.model`, `options.knobs` and `options.extra` onto it (refusing knobs it
+        cannot apply with a KnobError)."""
+        return cls(options)
 
     def now(self) -> float:
         return time.perf_counter() - self.t0

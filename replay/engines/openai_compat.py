@@ -13,12 +13,14 @@ not be enforced is recorded in the run's fidelity instead of failing silently.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import httpx
 import orjson
 
@@ -66,8 +68,12 @@ def why_unreachable(exc: BaseException) -> str:
         return "connection refused"
     if "name or service not known" in low or "nodename nor servname" in low or "name resolution" in low:
         return "host name not found"
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
         return "no answer (timed out)"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "response cut off mid-stream"
     return text
 
 
@@ -213,17 +219,36 @@ class OpenAICompatEngine(Engine):
         c, self.client = self.client, None
         if c is not None:
             try:
-                await c.aclose()
+                await c.close()
             except Exception:
                 pass
 
+    health_path = "/v1/models"
+
     async def health(self) -> str | None:
-        try:
-            async with httpx.AsyncClient(timeout=3.0, headers=self._headers, trust_env=False) as c:
-                r = await c.get(self.api + "/models")
-            return None if r.status_code < 500 else f"{redact_url(self.root)} answers HTTP {r.status_code}"
-        except httpx.HTTPError as e:
-            return f"{self.display} at {redact_url(self.root)} stopped answering ({why_unreachable(e)})"
+        """Asked after a failed request. Runs in a thread with its own blocking client, so a
+        replayer whose event loop is saturated does not mistake its own slowness for a dead
+        engine; a refused connection is final, a silent one gets a second chance."""
+        url = self.root + self.health_path
+        headers = self._headers
+
+        def probe() -> str | None:
+            last = ""
+            for attempt in range(2):
+                try:
+                    with httpx.Client(timeout=5.0, headers=headers, trust_env=False) as c:
+                        r = c.get(url)
+                    if r.status_code < 500:
+                        return None
+                    last = f"answers HTTP {r.status_code}"
+                except httpx.HTTPError as e:
+                    last = why_unreachable(e)
+                    if last == "connection refused":
+                        break
+                time.sleep(1.0 + attempt)
+            return f"{self.display} at {redact_url(self.root)} stopped answering ({last})"
+
+        return await asyncio.to_thread(probe)
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"engine": self.name, "url": redact_url(self.api) if self.api else None, "model": self.model}

@@ -17,6 +17,7 @@ from .base import Engine
 _BUILTIN: dict[str, str] = {
     "vllm": "mrw.replay.engines.vllm:VllmEngine",
     "openai": "mrw.replay.engines.openai_compat:OpenAICompatEngine",
+    "parrot": "mrw.replay.engines.parrot:ParrotEngine",
 }
 
 
@@ -45,4 +46,10 @@ def get_engine(name: str) -> type[Engine]:
     if name not in targets:
         raise UnknownNameError(f"unknown engine {name!r}; known engines: {', '.join(sorted(targets))}")
     module, _, cls = targets[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise  # the adapter exists but one of its own imports is missing: show that
+        raise UnknownNameError(f"engine {name!r} is not available in this mrw build (no module {module})") from None
+    return getattr(mod, cls)

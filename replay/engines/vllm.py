@@ -14,6 +14,7 @@ run labelled with a batch size it did not have would be worse than no run.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,17 @@ async def _start_in_thread(server: Any) -> None:
         else:
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
 
-    threading.Thread(target=target, name="vllm-start", daemon=True).start()
+    th = threading.Thread(target=target, name="vllm-start", daemon=True)
+    th.start()
     try:
         await fut
     except asyncio.CancelledError:
+        # Interrupted while starting: the thread may not have spawned vLLM yet. Wait (briefly)
+        # until it has or gave up, so that the stop below cannot miss a server spawned after it.
+        for _ in range(200):
+            if server.proc is not None or not th.is_alive():
+                break
+            time.sleep(0.05)
         server.stop()
         raise
 
@@ -212,6 +220,8 @@ class VllmEngine(OpenAICompatEngine):
             except Exception:
                 pass
 
+    health_path = "/health"
+
     def _exited(self) -> str | None:
         proc = self.server.proc if self.server is not None else None
         if self.server is not None and (proc is None or proc.poll() is not None):
@@ -222,20 +232,15 @@ class VllmEngine(OpenAICompatEngine):
     async def health(self) -> str | None:
         if (why := self._exited()) is not None:
             return why
-        try:
-            async with httpx.AsyncClient(timeout=3.0, trust_env=False) as c:
-                r = await c.get(self.root + "/health")
-            return None if r.status_code == 200 else f"vLLM at {redact_url(self.root)} is unhealthy (HTTP {r.status_code})"
-        except httpx.HTTPError as e:
+        why = await super().health()
+        if why is not None and self.server is not None:
             # A killed server closes its sockets before it can be reaped: give the launched
             # process a moment to show as exited, so the error names the real cause.
             for _ in range(20):
-                if (why := self._exited()) is not None:
-                    return why
-                if self.server is None:
-                    break
+                if (exited := self._exited()) is not None:
+                    return exited
                 await asyncio.sleep(0.1)
-            return f"vLLM at {redact_url(self.root)} stopped answering ({why_unreachable(e)})"
+        return why
 
     def log_path(self) -> Path | None:
         p = getattr(self.server, "log_path", None)
