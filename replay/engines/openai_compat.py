@@ -20,7 +20,6 @@ import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import httpx
 import orjson
 
@@ -70,10 +69,6 @@ def why_unreachable(exc: BaseException) -> str:
         return "host name not found"
     if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
         return "no answer (timed out)"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server closed the connection"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "response cut off mid-stream"
     return text
 
 
