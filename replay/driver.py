@@ -281,6 +281,20 @@ async def replay_async(
     )
 
 
+def run_loop(coro: Any) -> Any:
+    """asyncio.run on uvloop where it is installed (less CPU per request than the default
+    loop; docs/performance.md), else on asyncio's own loop. MRW_EVENT_LOOP=asyncio forces the
+    default loop, for comparison."""
+    if os.environ.get("MRW_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
 def replay(
     trace_path: str | os.PathLike,
     engine_name: str,
@@ -324,7 +338,7 @@ def replay(
                 loop.remove_signal_handler(s)
 
     try:
-        outcome = asyncio.run(main())
+        outcome = run_loop(main())
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     outcome.signal = got["signal"]
