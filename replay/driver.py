@@ -365,6 +365,20 @@ async def replay_async(
     )
 
 
+def run_loop(coro: Any) -> Any:
+    """asyncio.run on uvloop where it is installed (less CPU per request than the default
+    loop; docs/performance.md), else on asyncio's own loop. MRW_EVENT_LOOP=asyncio forces the
+    default loop, for comparison."""
+    if os.environ.get("MRW_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
 def replay(
     trace_path: str | os.PathLike,
     engine_name: str,
@@ -419,7 +433,7 @@ def replay(
         with apply_knobs(cap_w=m.cap_w, lock_clocks=m.lock_clocks) as knobs:
             got["knobs"] = knobs
             try:
-                outcome = asyncio.run(main())
+                outcome = run_loop(main())
             except asyncio.CancelledError:
                 raise KeyboardInterrupt from None
     finally:
