@@ -50,6 +50,17 @@ def on_cpu() -> bool:
     return not Path("/dev/nvidiactl").exists()
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def last_log_line(path: Path | None) -> str:
     """The last non-empty line of a log, for one-line error messages."""
     if path is None or not path.exists():
