@@ -43,3 +43,6 @@ def traces_dir() -> Path:
 
 # Replay fixtures (vllm_url, the small and long test traces): see conftest_replay.py.
 from conftest_replay import long_trace, replay_model_dir, small_trace, vllm_url  # noqa: E402,F401
+
+# Parrot: the mrw backend proxy and the Parrot test double in front of the same vLLM.
+from parrot_double import backend_proxy, parrot_double  # noqa: E402,F401

@@ -29,6 +29,13 @@ ENGINE_CASES: dict[str, EngineCase] = {
     # The same vLLM seen as a generic OpenAI-compatible server: nothing declared, so output
     # lengths are not forced and the run must say so.
     "openai-generic": lambda rq: ("openai", EngineOptions(url=rq.getfixturevalue("vllm_url") + "/v1", request_timeout_s=120)),
+    # Parrot, workflow-level: the Parrot test double (tests/parrot_double.py) in front of the
+    # same vLLM, through the mrw backend proxy that forces lengths and reports usage.
+    "parrot": lambda rq: (
+        "parrot",
+        EngineOptions(url=rq.getfixturevalue("parrot_double").url, request_timeout_s=120,
+                      extra={"parrot_proxy_url": rq.getfixturevalue("backend_proxy").url}),
+    ),
     # ... and with min_tokens/ignore_eos declared, as a user would for SGLang or vLLM.
     "openai-declared": lambda rq: (
         "openai",

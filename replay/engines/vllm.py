@@ -230,19 +230,16 @@ class VllmEngine(OpenAICompatEngine):
         return None
 
     async def health(self) -> str | None:
-        dead = self._exited()
-        if dead is not None:
-            return dead
+        if (why := self._exited()) is not None:
+            return why
         why = await super().health()
-        if why is not None and self.server is not None and self.server.proc is not None:
-            # A killed server's sockets close a moment before its exit can be reaped: give
-            # the process that moment, so the error names the real cause.
-            proc = self.server.proc
-            try:
-                await asyncio.to_thread(proc.wait, 2.0)
-            except Exception:
-                pass
-            return self._exited() or why
+        if why is not None and self.server is not None:
+            # A killed server closes its sockets before it can be reaped: give the launched
+            # process a moment to show as exited, so the error names the real cause.
+            for _ in range(20):
+                if (exited := self._exited()) is not None:
+                    return exited
+                await asyncio.sleep(0.1)
         return why
 
     def log_path(self) -> Path | None:
