@@ -259,17 +259,15 @@ async def replay_async(
         sched = Scheduler(trace, workflows, engine, record, opts, tok)
         if on_scheduler is not None:
             on_scheduler(sched, asyncio.current_task())  # type: ignore[arg-type]
-        if progress is not None:
-            progress.start(n_calls, f"replay {engine.name}")
         # The trace and everything built so far live for the whole run: move them out of the
         # cyclic GC's sight, so a full collection mid-run (a dispatch stall that grows with
         # the trace) has only the run's own new objects to scan.
-        t0_hook = None
+        gc.collect()
+        gc.freeze()
+        t0_hook = None  # last: nothing slow may sit between a hook's t0 and the first arrival
         for h in hooks or ():
             begun.append(h)
             t0_hook = await asyncio.to_thread(h.begin, run_dir, engine) or t0_hook
-        gc.collect()
-        gc.freeze()
         # t0: the zero of every time in requests.jsonl and metrics.jsonl. Set last, so that
         # nothing slow (run.json's fsync, client set-up) sits between it and the first arrival.
         t0 = t0_hook if t0_hook is not None else time.perf_counter()
@@ -277,6 +275,8 @@ async def replay_async(
         writer.meta["clock"] = {"t0_unix": time.time() - (time.perf_counter() - t0), "t0_perf_counter": t0, "unit": "s"}
         if scraper is not None:
             scraper.start(t0)
+        if progress is not None:
+            progress.start(n_calls, f"replay {engine.name}")
 
         async def tick() -> None:
             last_meta = time.perf_counter()

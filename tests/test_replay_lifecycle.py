@@ -259,4 +259,4 @@ def test_run_hooks_share_the_clock_and_see_the_end(vllm_url, small_trace, tmp_pa
     meta = orjson.loads((tmp_path / "run" / "run.json").read_bytes())
     assert meta["clock"]["t0_perf_counter"] == probe.t0
     first = min(r["t_issue"] for r in rows_of(tmp_path / "run"))
-    assert 0 <= first < 0.5  # requests are timed from the hook's t0
+    assert 0 <= first < 5  # requests are timed from the hook's t0 (not from an absolute clock)
