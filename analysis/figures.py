@@ -533,7 +533,7 @@ def fig_timeline_run(run_dir: Path, out_png: Path, title: str, cap_w: float | No
     stand_in = None
     if not power:
         eng = series.get(("process", "engine"), {})
-        if len(eng.get("cpu_s", [])) >= 3:
+        if len(eng.get("cpu_s", [])) >= 2:
             stand_in = eng
         else:
             return FigureResult(name, reason="no power samples (no GPU/RAPL meter) and no engine CPU samples in power.csv")

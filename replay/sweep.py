@@ -792,7 +792,9 @@ class EngineSlot:
     def reset_prefix_cache(self) -> str | None:
         """Empty the engine's prefix cache; returns a note when it could not."""
         url = self.url
-        if url is None or self.cfg.engine not in ("vllm",):
+        if self.cfg.engine != "vllm":
+            return f"prefix cache not reset: mrw knows no way to empty the cache of engine {self.cfg.engine}"
+        if url is None:
             return None
         import httpx
 

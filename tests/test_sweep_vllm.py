@@ -121,6 +121,21 @@ def test_sweep_interrupt_resume_analyze(tiny, tmp_path):
     pq = pd.read_parquet(out / "analysis" / "sweep.parquet")
     assert len(pq) == 4 and set(pq["n"]) == {1}
 
+    # energy: every point metered by the replay (when this build's replay meters), each with its
+    # own energy.json; on a machine without NVML/RAPL the sources say so and give no number
+    from mrw.replay import sweep as sw
+
+    if sw.metering_options(sw.SweepConfig()) is not None:
+        for n in POINTS:
+            e = orjson.loads((out / "runs" / n / "energy.json").read_bytes())
+            assert set(e["sources"]) == {"nvml", "rapl", "process"}
+            for src, info in e["sources"].items():
+                if not info["available"]:
+                    assert info["reason"]
+            if not e["sources"]["nvml"]["available"] and not e["sources"]["rapl"]["available"]:
+                assert rows[n]["energy_j"] == "" and rows[n]["j_per_output_token"] == ""  # never invented
+            assert "windows" in e  # finalised
+
     # 4. figures: every one drawn is a real PNG of its stated size; the others say why not
     figs = orjson.loads((out / "analysis" / "figures" / "figures.json").read_bytes())
     by = {f["name"]: f for f in figs}
@@ -131,9 +146,18 @@ def test_sweep_interrupt_resume_analyze(tiny, tmp_path):
     for f in drawn:
         assert_png(f["path"], tuple(f["size_px"]))
     assert "two power caps" in by["cap_energy_latency"]["reason"]
+    with open(out / "analysis" / "sweep.csv", newline="") as f:
+        agg = list(csv.DictReader(f))
+    measured = any(r["j_per_output_token"] for r in agg)
+    cpu_time = any(r["engine_cpu_ms_per_output_token"] for r in agg)
     for name in ("energy_per_token_vs_batch", "pareto_latency_energy", "energy_vs_output_length"):
         f = by[name]
-        assert f["path"] or "energy" in f["reason"]  # drawn (measured or a labelled stand-in) or skipped for want of it
+        if measured:
+            assert f["path"] and not f["note"] or name == "energy_vs_output_length"
+        elif cpu_time:  # the labelled stand-in axis
+            assert f["path"] and "stand-in" in f["note"], f
+        else:
+            assert f["path"] is None and "energy" in f["reason"]
 
     # 5. compare two points of the sweep
     res = _mrw("compare", str(out / "runs" / POINTS[1]), str(out / "runs" / POINTS[3]))
