@@ -332,10 +332,7 @@ class Recorder:
             return
         t = time.monotonic()
         if force or t - self._last_write >= 2.0:
-            dump(self.trace(), self.out)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.out, 0o666 & ~umask)  # a trace is for sharing (the temp file was 0600)
+            dump(self.trace(), self.out)  # write_atomic gives it a shareable mode
             self._last_write = t
 
 

@@ -356,6 +356,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; a trace or run file is for sharing: keep the mode of
+        # the file being replaced, else the usual 0644.
+        os.fchmod(fd, p.stat().st_mode & 0o777 if p.exists() else 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -139,3 +139,9 @@ def test_cli_info_json(tmp_path) -> None:
     assert r.returncode == 0
     d = orjson.loads(r.stdout)
     assert d["calls"] == 7 and d["input_tokens"] == 300 + 320 + 330 + 600 + 250
+
+
+def test_written_trace_is_readable_by_others(tmp_path) -> None:
+    """mkstemp makes 0600 files; a trace is for sharing, so dump leaves it 0644."""
+    p = dump(sample_trace(), tmp_path / "t.json")
+    assert p.stat().st_mode & 0o777 == 0o644
