@@ -894,8 +894,8 @@ def plot_power(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
     rd = Path(run_dir)
     doc = orjson.loads((rd / "energy.json").read_bytes())
     tl = Timeline.load(rd / (doc.get("timeline_file") or "power.csv"))
-    if not tl.series:
-        return None
+    if not any(src in ENERGY_DOMAINS for src, _ in tl.series):
+        return None  # nothing measured power (CPU time only): no power figure
     reqs = [Req.from_record(d) for d in _read_jsonl(rd / "requests.jsonl")]
     gpus = tl.devices("gpu")
     panels = 1 + bool(gpus) + bool(reqs)
@@ -958,3 +958,56 @@ def plot_power(run_dir: str | Path, out: str | Path | None = None) -> Path | Non
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def energy_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric, value) rows for `mrw analyze` tables; the same keys for every run so that runs
+    compare side by side (uncapped vs capped). Sources that did not measure say why."""
+    rows: list[tuple[str, str]] = []
+    src = doc.get("sources") or {}
+    off = [f"{k} ({_short_reason(v.get('reason'))})" for k, v in src.items() if not v.get("available")]
+    on = [k for k, v in src.items() if v.get("available")]
+    rows.append(("energy sources", ", ".join(on) + (f"; unavailable: {', '.join(off)}" if off else "") if src else "none"))
+    caps = [g for g in (doc.get("knobs") or {}).get("gpus") or [] if g.get("cap_requested_w") is not None]
+    if caps:
+        rows.append(("power cap W (effective, restored)", ", ".join(
+            f"{g.get('cap_effective_w'):g} ({'yes' if g.get('restored') else g.get('restored')})" for g in caps)))
+    win = doc.get("windows") or {}
+    run, st = win.get("run") or {}, win.get("steady") or {}
+    idle = (win.get("baseline") or {}).get("avg_power_w") or {}
+    doms = [d for d in ENERGY_DOMAINS if d in (run.get("domains") or {})]
+    if not doms:
+        rows.append(("energy", "not measured (no GPU/CPU energy source here)"))
+    for d in doms:
+        r = run["domains"][d]
+        up = d.upper()
+        rows.append((f"{up} energy kJ gross / net", f"{r['gross_j'] / 1000:,.3f} / " + (f"{r['net_j'] / 1000:,.3f}" if r.get("net_j") is not None else "-")))
+        rows.append((f"{up} power W avg / idle", f"{_num(r.get('avg_power_w'))} / {_num(idle.get(d))}"))
+        sd = (st.get("domains") or {}).get(d) or {}
+        rows.append((f"{up} J per output token run / steady", f"{_num(r.get('j_per_output_token'), 4)} / {_num(sd.get('j_per_output_token'), 4)}"))
+    if st:
+        rows.append(("steady window", f"{st['start_s']:.1f}-{st['end_s']:.1f} s, batch {st['full_batch']} ({st['basis']})"
+                     if st.get("available") else f"none ({st.get('reason')})"))
+    g = ((doc.get("attribution") or {}).get("domains") or {}).get("gpu")
+    if g:
+        rows.append(("GPU J prefill / decode / idle gaps", f"{g['prefill_j']:,.1f} / {g['decode_j']:,.1f} / {g['unattributed_j']:,.1f}"))
+    xc = doc.get("cross_check") or {}
+    gaps = [f"{100 * d['power_instant']['rel_diff']:+.2f}%" for d in xc.values() if "rel_diff" in d.get("power_instant", {})]
+    if gaps:
+        rows.append(("counter vs integrated instant power", ", ".join(gaps)))
+    ct = run.get("cpu_time")
+    if ct:
+        rows.append(("harness / engine share of busy CPU", f"{100 * ct['harness_share']:.1f}% / "
+                     + (f"{100 * ct['engine_share']:.1f}%" if "engine_share" in ct else "-")))
+    return rows
+
+
+def _num(x: float | None, nd: int = 1) -> str:
+    return "-" if x is None else f"{x:,.{nd}f}"
+
+
+def _short_reason(r: str | None) -> str:
+    if not r:
+        return "?"
+    r = r.split(": ", 1)[1] if ": " in r else r
+    return r.split(" (")[0][:60]

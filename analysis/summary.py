@@ -351,9 +351,12 @@ def _rows(s: dict) -> list[tuple[str, str]]:
     en = s.get("energy")
     if en is None:
         rows.append(("energy", "not measured"))
+    elif "error" in en and len(en) == 1:
+        rows.append(("energy", en["error"]))
     else:
-        head = energy_headline(en)
-        rows.append(("energy", ", ".join(f"{k}={v:,.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in head) or "see energy.json"))
+        from mrw.analysis.energy import energy_rows
+
+        rows.extend(energy_rows(en))
     fid = s.get("fidelity") or {}
     for n in fid.get("notes", []):
         rows.append(("fidelity", n))

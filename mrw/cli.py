@@ -137,14 +137,133 @@ def info(file: Path, as_json: bool, show_workflows: bool) -> None:
             )
         out.print(wt)
 
+# ---------------------------------------------------------------------------- sweep / compare
+
+
+@cli.command()
+@click.argument("traces", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--config", "-c", "config", type=click.Path(path_type=Path), help="TOML file with the sweep (command-line values win).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Sweep directory (one run directory per point inside).")
+@click.option("--engine", "-e", help="Engine adapter (default vllm, launched per batch size).")
+@click.option("--url", help="Attach to a running server instead of launching (launch-time axes must stay unset).")
+@click.option("--model", help="Model to launch: default (SmolLM2 on CPU), tiny, or a model folder.")
+@click.option("--batch", help="Batch sizes (vLLM --max-num-seqs), e.g. 1,8,32,128; 'none' = engine default.")
+@click.option("--cap", help="GPU power caps in W, e.g. none,300,200 ('none' = the card's own limit).")
+@click.option("--out-scale", help="Output-length scales, e.g. 0.5,1,2 (docs/sweeps.md says how).")
+@click.option("--in-scale", help="Input-length scales, e.g. 0.5,1,2.")
+@click.option("--prefix-caching", help="Prefix caching per point: on,off (default: the engine's).")
+@click.option("--max-model-len", help="vLLM --max-model-len values, e.g. 4096.")
+@click.option("--repeat", type=click.IntRange(min=1), help="Repeat each point N times (reported as mean and spread).")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.0, 1.0, min_open=True), help="vLLM --gpu-memory-utilization.")
+@click.option("--engine-arg", "engine_args", multiple=True, help="Extra launch argument for vLLM, verbatim (repeatable).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port for the launched engine (default: a free one).")
+@click.option("--time-scale", type=float, help="Multiply recorded arrival offsets (as in mrw replay).")
+@click.option("--wait-scale", type=float, help="Multiply recorded tool/think waits.")
+@click.option("--rate", type=float, help="Poisson arrivals, workflows/s.")
+@click.option("--seed", type=int, help="Seed of the Poisson arrivals.")
+@click.option("--workflows", "max_workflows", type=click.IntRange(min=1), help="Replay only the first N workflows of each trace.")
+@click.option("--count-tokens", type=click.Choice(["auto", "model", "estimate"]), help="How scaled traces get input_tokens (default auto: the served model's tokenizer when it is the trace's).")
+@click.option("--meter", "meter_spec", help="Energy meters around each point: any of nvml,rapl,process, or none (default all).")
+@click.option("--baseline-s", type=click.FloatRange(min=0), help="Idle seconds metered before each point (default 3).")
+@click.option("--meter-period-ms", type=click.FloatRange(5, 10000), help="Power timeline sampling period (default 50).")
+@click.option("--reset-prefix-cache/--no-reset-prefix-cache", default=None, help="Empty the engine's prefix cache before each point (default on).")
+@click.option("--dry-run", is_flag=True, help="Print the points in run order and what is done already; run nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+def sweep(traces: tuple[Path, ...], config: Path | None, out: Path | None, engine: str | None, url: str | None, model: str | None,
+          batch: str | None, cap: str | None, out_scale: str | None, in_scale: str | None, prefix_caching: str | None,
+          max_model_len: str | None, repeat: int | None, gpu_memory_utilization: float | None, engine_args: tuple[str, ...],
+          port: int | None, time_scale: float | None, wait_scale: float | None, rate: float | None, seed: int | None,
+          max_workflows: int | None, count_tokens: str | None, meter_spec: str | None, baseline_s: float | None,
+          meter_period_ms: float | None, reset_prefix_cache: bool | None, dry_run: bool, quiet: bool) -> None:
+    """Replay TRACES over a grid of knobs, one run directory per point; rerun to resume.
+
+    The engine is relaunched only when a launch-time knob (batch size, prefix caching, model
+    length) changes; the power cap changes between points without a relaunch. Then:
+    mrw analyze SWEEP_DIR."""
+    import shlex
+
+    from mrw.replay import sweep as sw
+
+    cfg = sw.SweepConfig.from_toml(config) if config else sw.SweepConfig()
+    if traces:
+        cfg.traces = [str(t) for t in traces]
+    for name, val, kind in (("batch", batch, "int"), ("cap", cap, "cap"), ("out_scale", out_scale, "float"),
+                            ("in_scale", in_scale, "float"), ("prefix_caching", prefix_caching, "bool"),
+                            ("max_model_len", max_model_len, "int")):
+        if val is not None:
+            setattr(cfg, name, sw.parse_list(val, kind, name.replace("_", "-")))
+    for name, val in (("out", out), ("engine", engine), ("url", url), ("model", model), ("repeat", repeat),
+                      ("gpu_memory_utilization", gpu_memory_utilization), ("port", port), ("count_tokens", count_tokens),
+                      ("meters", meter_spec), ("baseline_s", baseline_s), ("meter_period_ms", meter_period_ms),
+                      ("reset_prefix_cache", reset_prefix_cache)):
+        if val is not None:
+            setattr(cfg, name, str(val) if isinstance(val, Path) else val)
+    if engine_args:
+        cfg.engine_args = [a for arg in engine_args for a in shlex.split(arg)]
+    for name, val in (("time_scale", time_scale), ("wait_scale", wait_scale), ("rate", rate), ("seed", seed),
+                      ("max_workflows", max_workflows)):
+        if val is not None:
+            cfg.replay[name] = val
+    cfg.validate()
+
+    def log(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True)
+
+    if dry_run:
+        res = sw.run_sweep(cfg, argv=sys.argv, progress=False, dry_run=True, log=log)
+        st = {d["name"]: d["status"] for d in sw.read_manifest(res.root)["points"]}
+        for name, status in st.items():
+            click.echo(f"{status:10} {name}")
+        return
+    res = sw.run_sweep(cfg, argv=sys.argv, progress=not quiet, log=log)
+    ran = res.completed - res.skipped
+    console.print(
+        f"sweep {res.root}: {res.completed}/{res.total} points completed ({res.skipped} before this run, {ran} now, "
+        f"{res.launches} engine launch(es), {res.wall_s:.0f} s)",
+        highlight=False, soft_wrap=True,
+    )
+    if res.failed:
+        raise sw.SweepError(f"{len(res.failed)} point(s) failed ({', '.join(res.failed[:3])}{', ...' if len(res.failed) > 3 else ''}); "
+                            f"see {res.root}/sweep.json; rerun the same command to retry them")
+    console.print(f"next: mrw analyze {res.root}", highlight=False)
+
+
+@cli.command()
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(run_a: Path, run_b: Path, as_json: bool) -> None:
+    """Two runs side by side (e.g. Parrot vs vLLM on one trace): B − A and (B − A) / A."""
+    import orjson
+
+    from mrw.analysis.compare import compare_runs, print_comparison
+
+    cmp = compare_runs(run_a, run_b)
+    if as_json:
+        click.echo(orjson.dumps(cmp.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        for w in cmp.warnings:
+            console.print(f"warning: {w}", style="yellow", highlight=False, soft_wrap=True)
+        return
+    print_comparison(cmp, out)
+
+
+def _analyze_sweep(path: Path, *, figures: bool = True, as_json: bool = False) -> bool:
+    """`mrw analyze SWEEP_DIR`: the sweep table and figures. False if `path` is no sweep."""
+    from mrw.replay.sweep import MANIFEST
+
+    if not (path / MANIFEST).exists():
+        return False
+    from mrw.analysis.sweep_table import analyze_sweep
+
+    res = analyze_sweep(path, None if as_json else out, figures=figures)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(res, option=orjson.OPT_INDENT_2).decode())
+    return True
+
 
 # ---------------------------------------------------------------------------- replay / analyze
-
-
-def _engine_names() -> list[str]:
-    from mrw.replay.engines.registry import names
-
-    return names()
 
 
 @cli.command()
@@ -173,6 +292,14 @@ def _engine_names() -> list[str]:
 @click.option("--save-outputs", is_flag=True, help="Keep generated text in requests.jsonl.")
 @click.option("--no-token-times", is_flag=True, help="Do not keep per-chunk arrival times in requests.jsonl.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--meter", "meter_spec", default="nvml,rapl,process", show_default=True,
+              help="Energy meters: any of nvml,rapl,process, or none (docs/energy.md).")
+@click.option("--baseline-s", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="Idle seconds metered with the engine up, before the replay (net = gross - idle).")
+@click.option("--meter-period-ms", type=click.FloatRange(5, 10000), default=50.0, show_default=True,
+              help="Power timeline sampling period.")
+@click.option("--cap", type=float, default=None, help="GPU power cap in watts, per GPU; restored afterwards.")
+@click.option("--lock-clocks", default=None, help="Lock GPU SM clocks: MHZ or MIN-MAX; reset afterwards.")
 # -- Parrot (--engine parrot); see docs/engines.md
 @click.option("--parrot-url", help="Attach to a running Parrot serve core. Default: launch vLLM + mrw proxy + Parrot (needs MRW_PARROT_SRC).")
 @click.option("--parrot-proxy-url", help="The mrw backend proxy Parrot's engine forwards through (exact output lengths, token counts).")
@@ -185,6 +312,7 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
            prefix_caching: bool | None, gpu_memory_utilization: float | None, max_model_len: int | None,
            engine_args: tuple[str, ...], openai_extra: str | None, openai_supports: str | None, api_key_env: str,
            request_timeout: float, max_connections: int, save_outputs: bool, no_token_times: bool, quiet: bool,
+           meter_spec: str, baseline_s: float, meter_period_ms: float, cap: float | None, lock_clocks: str | None,
            parrot_url: str | None, parrot_proxy_url: str | None, parrot_criteria: str, parrot_sched: bool) -> None:
     """Replay TRACE against an engine into a run directory (then: mrw analyze RUN_DIR)."""
     import shlex
@@ -229,10 +357,18 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
     ro = ReplayOptions(time_scale=time_scale, wait_scale=wait_scale, rate=rate, seed=seed, live_refs=live_refs,
                        force_output_length=force_length, max_workflows=max_workflows, save_outputs=save_outputs,
                        token_times=not no_token_times)
-    res = run_replay(trace, engine, eo, ro, out, progress=None if quiet else RichProgress())
+    from mrw.replay.meters import MeteringOptions, parse_meter_spec
+
+    parse_meter_spec(meter_spec)  # a bad meter name fails before anything starts
+    mo = MeteringOptions(meters=meter_spec, baseline_s=baseline_s, period_s=meter_period_ms / 1000,
+                         cap_w=cap, lock_clocks=lock_clocks)
+    res = run_replay(trace, engine, eo, ro, out, progress=None if quiet else RichProgress(), metering=mo)
     tc = res.token_check
     line = f"{res.status}: {res.finished_ok}/{res.total} calls ok, {res.failed} failed, {res.wall_s:.1f} s -> {res.run_dir}"
     console.print(line, highlight=False, soft_wrap=True)
+    if res.status == "completed" and res.failed:
+        console.print(f"warning: {res.failed} call(s) failed or were skipped; see `mrw analyze {res.run_dir}` and requests.jsonl",
+                      style="yellow", highlight=False, soft_wrap=True)
     if tc.get("output_mismatch"):
         ex = ", ".join(f"{e['call_id']} {e['got']}/{e['expected']}" for e in tc["output_examples"][:3])
         console.print(f"warning: {tc['output_mismatch']} response(s) with an output token count other than recorded (e.g. {ex})",
@@ -254,17 +390,25 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
               help="Where the comparison figure of several runs goes.")
 def analyze(run_dirs: tuple[Path, ...], as_json: bool, show_workflows: bool, no_write: bool, plot: bool, plot_out: Path) -> None:
     """Summarise run directories: throughput, TTFT/TPOT/E2E, makespans, critical paths, energy.
-    Several RUN_DIRS are compared side by side."""
+    Several RUN_DIRS are compared side by side. A SWEEP_DIR (from mrw sweep) gives the sweep's
+    table and figures."""
     import orjson
 
     from mrw.analysis import summary as sm
 
+    if len(run_dirs) == 1 and _analyze_sweep(run_dirs[0], as_json=as_json):
+        return
     sums = [sm.summarize(d, write=not no_write) for d in run_dirs]
     if plot:
         from mrw.analysis.plots import plot_compare, plot_run
 
         for d in run_dirs:
             console.print(f"figure: {plot_run(d)}", highlight=False)
+            if (Path(d) / "power.csv").exists():
+                from mrw.analysis.energy import plot_power
+
+                if (fig := plot_power(d)) is not None:
+                    console.print(f"figure: {fig}", highlight=False)
         if len(run_dirs) > 1:
             console.print(f"figure: {plot_compare(list(run_dirs), plot_out)}", highlight=False)
     if as_json:
@@ -516,6 +660,56 @@ def export(fmt: str, src: Path, output: Path, block_size: int | None, tokenizer_
     for n in notes:
         console.print(f"mrw: note: {fmt}: {n}", highlight=False, soft_wrap=True)
     out.print(f"{output}: written", highlight=False)
+
+
+# ---------------------------------------------------------------------------- record (generators)
+
+from mrw.generators.cli import record as _record  # noqa: E402
+
+cli.add_command(_record)
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+@cli.command()
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
+              help="Folder for the demo's trace, run directory and figures.")
+@click.option("--workflows", default=2, show_default=True, help="Documents to summarise.")
+@click.option("--chunks", default=3, show_default=True, help="Chunks per document (the chain's depth).")
+def demo(out: Path, workflows: int, chunks: int) -> None:
+    """Record -> replay -> analyze on the embedded default engine (CPU, no GPU, no API key).
+
+    Starts one local vLLM serving SmolLM2-135M-Instruct, records a small chain-summarization
+    trace, validates it, replays it against the same server and analyses the run. Each step is
+    the ordinary command, printed before it runs, so you can repeat any of them by hand.
+    """
+    from mrw.launch import VllmOptions, VllmServer
+    from mrw.models import default_model
+
+    spec = default_model()
+    trace = out / "summarization.json.gz"
+    run = out / "run"
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    with VllmServer(spec, VllmOptions(max_model_len=8192), log_path=out / "vllm.log") as server:
+        console.print(f"vLLM ({spec.name}) ready at {server.base_url} after {server.startup_s:.0f} s", highlight=False)
+        steps = [
+            ["record", "summarization", "--base-url", server.base_url, "--tokenizer", str(spec.path),
+             "--workflows", str(workflows), "--max-chunks", str(chunks), "--chunk-tokens", "512",
+             "--summary-tokens", "32", "-o", str(trace)],
+            ["validate", str(trace)],
+            ["info", str(trace)],
+            ["replay", str(trace), "--url", server.base_url, "-o", str(run)],
+        ]
+        for args in steps:
+            console.print(f"[bold]$ mrw {' '.join(args)}[/bold]", highlight=False)
+            cli.main(args, standalone_mode=False)
+    args = ["analyze", str(run), "--plot"]
+    console.print(f"[bold]$ mrw {' '.join(args)}[/bold]", highlight=False)
+    cli.main(args, standalone_mode=False)
 
 
 if __name__ == "__main__":

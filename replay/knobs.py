@@ -30,11 +30,13 @@ import contextlib
 import os
 import signal
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import orjson
+
+from mrw.launch import pid_alive
 
 from mrw.errors import KnobError, MrwError, NotSupportedError, PermissionDeniedError
 
@@ -107,9 +109,9 @@ class GpuKnobs:
     handle: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("handle")
-        return d
+        # Not asdict(): it deep-copies every field, and a real NVML handle is a ctypes
+        # pointer that cannot be copied (seen on an H100; the fake handle in tests could).
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "handle"}
 
 
 class AppliedKnobs:
@@ -222,16 +224,6 @@ class _Guards:
 # ---------------------------------------------------------------------------------- pending file
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _write_pending(path: Path, gpus: list[GpuKnobs]) -> None:
     from mrw.trace import write_atomic
 
@@ -259,7 +251,7 @@ def restore_pending(nvml: Any = None, directory: Path | None = None, *, only_dea
             doc = orjson.loads(f.read_bytes())
         except (OSError, orjson.JSONDecodeError):
             continue
-        if only_dead and _pid_alive(int(doc.get("pid", -1))) and int(doc.get("pid", -1)) != os.getpid():
+        if only_dead and pid_alive(int(doc.get("pid", -1))) and int(doc.get("pid", -1)) != os.getpid():
             continue
         todo.append((f, doc))
     if not todo:
@@ -302,7 +294,7 @@ def _held_by_others(directory: Path, uuids: set[str]) -> list[tuple[int, str]]:
         except (OSError, orjson.JSONDecodeError):
             continue
         pid = int(doc.get("pid", -1))
-        if pid == os.getpid() or not _pid_alive(pid):
+        if pid == os.getpid() or not pid_alive(pid):
             continue
         for g in doc.get("gpus", []):
             if g.get("uuid") in uuids:

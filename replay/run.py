@@ -196,10 +196,6 @@ def _alive(pid: Any, hostname: str | None) -> bool:
         return False
     if hostname and hostname != socket.gethostname():
         return True  # cannot tell from here; trust the file
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from mrw.launch import pid_alive
+
+    return pid_alive(pid)

@@ -29,6 +29,11 @@ from mrw.errors import NotSupportedError, TraceError
 from mrw.trace import Call, Header, Trace, Workflow
 
 from .engines.base import CallResult, Capabilities, Engine, Request
+from .timer import DeadlineTimer
+
+# Call-level engines: how long before a workflow's arrival its first requests are rendered
+# (prompt joined, body serialised), so that the issue at the deadline is only the send.
+PREPARE_AHEAD_S = 0.002
 
 # Sampling fields the replayer owns (forced length, streaming) or that would change the
 # response count; everything else recorded (temperature, top_p, seed, ...) is sent as is.
@@ -287,12 +292,14 @@ class Scheduler:
         self._done = loop.create_future()
         if self.total == 0:
             return
+        self._timer = DeadlineTimer(loop)
         arrivals = loop.create_task(self._arrive_all(), name="arrivals")
         try:
             await self._done
         finally:
             arrivals.cancel()
             await self._cancel_all()
+            self._timer.close()
             if self.stop_reason is not None:
                 self._mark_unfinished(self.stop_reason)
         if self.engine_dead is not None:
@@ -328,11 +335,16 @@ class Scheduler:
             self.stop(f"replayer error: {type(exc).__name__}: {exc}")
 
     async def _arrive_all(self) -> None:
+        """Call-level engines: each workflow is taken in PREPARE_AHEAD_S before its arrival, so
+        its first requests are rendered before their deadline, then sent exactly at it.
+        Workflow-level engines get the workflow at its arrival."""
         order = sorted(range(len(self.workflows)), key=lambda i: self._arrivals[i])
+        ahead = 0.0 if self.whole_workflow else PREPARE_AHEAD_S
+        t0 = self.engine.t0
         for i in order:
-            delay = self._arrivals[i] - self.now()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            t = self._arrivals[i] - ahead
+            if t - self.now() > 0:
+                await self._timer.wait_until(t0 + t)
             if self.stop_reason is not None:
                 return
             self._arrive(self.workflows[i], self._arrivals[i])
@@ -356,9 +368,8 @@ class Scheduler:
     async def _issue(self, n: _Node, t_sched: float) -> None:
         c = n.call
         req = build_request(c, n.wf.id, self.outputs, self.trace.header, self.opts, self.tokenizer)
-        delay = t_sched - self.now()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        if t_sched - self.now() > 0:
+            await self._timer.wait_until(self.engine.t0 + t_sched)
         if self.stop_reason is not None:
             return
         res = await self.engine.run_call(req)

@@ -14,6 +14,8 @@ and the test that killed it see the same GPU.
 
 from __future__ import annotations
 
+import ctypes
+
 import json
 import math
 import os
@@ -90,11 +92,17 @@ class FakeNvml:
         if self.init_count <= 0:
             raise _real.NVMLError(_real.NVML_ERROR_UNINITIALIZED)
 
-    def _gpu(self, h: int) -> FakeGpu:
+    def _gpu(self, h) -> FakeGpu:
         self._need_init()
-        if not isinstance(h, int) or not 0 <= h < len(self.gpus):
+        i = h.contents.value if isinstance(h, ctypes._Pointer) else None
+        if i is None or not 0 <= i < len(self.gpus):
             raise _real.NVMLError(_real.NVML_ERROR_INVALID_ARGUMENT)
-        return self.gpus[h]
+        return self.gpus[i]
+
+    @staticmethod
+    def _handle(i: int):
+        """Like pynvml's handles, a ctypes pointer: it cannot be copied or pickled."""
+        return ctypes.pointer(ctypes.c_int(i))
 
     def _need_priv(self) -> None:
         if not self.privileged:
@@ -127,13 +135,13 @@ class FakeNvml:
         self._need_init()
         if not 0 <= i < len(self.gpus):
             raise _real.NVMLError(_real.NVML_ERROR_INVALID_ARGUMENT)
-        return i
+        return self._handle(i)
 
     def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:
         self._need_init()
         for i, g in enumerate(self.gpus):
             if g.uuid == uuid:
-                return i
+                return self._handle(i)
         raise _real.NVMLError(_real.NVML_ERROR_NOT_FOUND)
 
     def nvmlDeviceGetUUID(self, h: int) -> str:

@@ -21,7 +21,10 @@ def test_meter_runs_command_writes_files_and_passes_exit_code(tmp_path):
     assert p.returncode == 3, p.stderr
     doc = orjson.loads((out / "energy.json").read_bytes())
     assert doc["status"] == "complete"
-    assert doc["baseline"]["duration_s"] >= 0.3
+    if doc["sources"]["nvml"]["available"] or doc["sources"]["rapl"]["available"]:
+        assert doc["baseline"]["duration_s"] >= 0.3
+    else:  # nothing measures energy here: no point idling
+        assert "baseline" not in doc and any("baseline of 0.3 s skipped" in n for n in doc["notes"])
     assert doc["windows"]["run"]["cpu_time"]["engine_cpu_s"] > 0.05  # the command's own CPU time
     assert (out / "power.csv").read_text().startswith("t_s,source,device")
     if not doc["sources"]["nvml"]["available"]:  # this machine: says so, reports no number

@@ -171,7 +171,7 @@ def test_partial_failure_puts_back_what_was_set():
 
     def flaky(h, mw):  # GPU 1 refuses the cap itself (not the permission probe)
         calls["n"] += 1
-        if h == 1 and mw == 300_000:
+        if h.contents.value == 1 and mw == 300_000:
             raise nv.NVMLError(nv.NVML_ERROR_UNKNOWN)
         return orig(h, mw)
 

@@ -347,7 +347,8 @@ def test_meterset_records_failure_and_interrupt_and_keeps_files(tmp_path):
             raise RuntimeError("engine died")
     doc = orjson.loads((tmp_path / "a" / "energy.json").read_bytes())
     assert doc["status"] == "failed: RuntimeError: engine died"
-    assert doc["run"]["energy_j"]["gpu"] == pytest.approx(20.0, abs=3.0)
+    dur = doc["marks"]["run_end"]["t_s"] - doc["marks"]["run_start"]["t_s"]
+    assert dur >= 0.2 and doc["run"]["energy_j"]["gpu"] == pytest.approx(100.0 * dur, abs=0.5)  # 100 W fake GPU
     assert len(_timeline(tmp_path / "a")) >= 3
     with pytest.raises(KeyboardInterrupt):
         with MeterSet.for_run(tmp_path / "b", meters="nvml", baseline_s=0, nvml=nv, env={}):
@@ -357,3 +358,13 @@ def test_meterset_records_failure_and_interrupt_and_keeps_files(tmp_path):
         pass
     doc = orjson.loads((tmp_path / "c" / "energy.json").read_bytes())
     assert doc["sources"] == {} and doc["run"]["energy_j"] == {}
+
+
+def test_baseline_only_where_energy_is_measured(tmp_path):
+    t = time.perf_counter()
+    with MeterSet.for_run(tmp_path / "a", meters="process", baseline_s=2.0) as m:
+        pass
+    assert time.perf_counter() - t < 1.5 and "baseline_start" not in m.marks
+    with MeterSet.for_run(tmp_path / "b", meters="nvml", baseline_s=0.3, nvml=FakeNvml(), env={}) as m:
+        pass
+    assert m.marks["run_start"].t - m.marks["baseline_start"].t == pytest.approx(0.3, abs=0.05)

@@ -31,6 +31,18 @@ def start_replay(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mrw", "replay", "-q", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def stop_replay(p: subprocess.Popen) -> None:
+    """After a failed assertion: SIGTERM first, so mrw stops the vLLM it launched (a SIGKILL
+    would orphan it), then SIGKILL if it does not go."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
 def wait_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -79,7 +91,7 @@ def test_engine_killed_mid_run(tiny, long_trace, tmp_path):
     p = start_replay(str(long_trace), "--model", str(tiny.path), "--max-model-len", "4096", "--max-num-seqs", "4",
                      "--no-prefix-caching", "-o", str(run), "--request-timeout", "60")
     try:
-        wait_lines(run / "requests.jsonl", 1, p, timeout=300)
+        wait_lines(run / "requests.jsonl", 1, p, timeout=600)
         tree = psutil.Process(p.pid).children(recursive=True)
         server = [q for q in tree if "vllm.entrypoints.openai.api_server" in " ".join(q.cmdline())]
         assert len(server) == 1 and len(tree) >= 2, [q.cmdline() for q in tree]
@@ -88,8 +100,7 @@ def test_engine_killed_mid_run(tiny, long_trace, tmp_path):
         _, err = p.communicate(timeout=90)
         took = time.monotonic() - t_kill
     finally:
-        if p.poll() is None:
-            p.kill()
+        stop_replay(p)
     assert p.returncode == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -122,17 +133,20 @@ def test_engine_killed_mid_run(tiny, long_trace, tmp_path):
 def test_interrupt_while_the_engine_starts_leaves_nothing_running(tiny, small_trace, tmp_path):
     run = tmp_path / "run"
     p = start_replay(str(small_trace), "--model", str(tiny.path), "--max-model-len", "4096", "-o", str(run))
-    server = []
-    t0 = time.monotonic()
-    while not server and time.monotonic() - t0 < 60:
-        time.sleep(0.2)
-        tree = psutil.Process(p.pid).children(recursive=True)
-        server = [q for q in tree if "vllm.entrypoints.openai.api_server" in " ".join(q.cmdline())]
-    assert server, "mrw did not launch vLLM"
-    time.sleep(1.0)  # vLLM is importing, far from healthy
-    tree = [server[0], *server[0].children(recursive=True)]
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    try:
+        server = []
+        t0 = time.monotonic()
+        while not server and time.monotonic() - t0 < 60:
+            time.sleep(0.2)
+            tree = psutil.Process(p.pid).children(recursive=True)
+            server = [q for q in tree if "vllm.entrypoints.openai.api_server" in " ".join(q.cmdline())]
+        assert server, "mrw did not launch vLLM"
+        time.sleep(1.0)  # vLLM is importing, far from healthy
+        tree = [server[0], *server[0].children(recursive=True)]
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        stop_replay(p)
     assert p.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("mrw: interrupted")
     _, alive = psutil.wait_procs(tree, timeout=15)
@@ -187,3 +201,62 @@ def test_live_refs_splice_the_live_output(vllm_url, small_trace, replay_model_di
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     assert rows["doc-0/c1"]["input_tokens"] == len(ids)
     assert rows["doc-0/c0"]["output"] != trace.workflows[0].calls[0].output
+
+
+def test_many_concurrent_workflows_respect_dependencies(vllm_url, replay_model_dir, tmp_path):
+    """40 copies of the chain + fan-out workflows, all arriving at once, no waits: the engine
+    is saturated and the scheduler must still issue no call before its dependencies ended."""
+    from dataclasses import replace
+
+    from mrw.trace import Trace, Workflow, dump
+
+    from replay_fixtures import build_trace
+
+    base = build_trace(replay_model_dir, out_tokens=(4, 5, 6, 4, 5, 5, 4))
+    wfs = []
+    for k in range(40):
+        for w in base.workflows:
+            ren = {c.id: f"{c.id}#{k}" for c in w.calls}
+            calls = []
+            for c in w.calls:
+                msgs = [replace(m, content=[{"ref": ren[s["ref"]]} if "ref" in s else s for s in m.content]) for m in c.messages]
+                calls.append(replace(c, id=ren[c.id], deps=[ren[d] for d in c.deps], messages=msgs))
+            wfs.append(Workflow(f"{w.id}#{k}", 0.0, calls))
+    path = dump(Trace(base.header, wfs), tmp_path / "many.json")
+    run = tmp_path / "run"
+    r = mrw("replay", str(path), "--url", vllm_url, "--wait-scale", "0", "-q", "-o", str(run), timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = {x["call_id"]: x for x in rows_of(run)}
+    assert len(rows) == 280 and all(x["ok"] for x in rows.values())
+    for x in rows.values():
+        for d in x["deps"]:
+            assert x["t_issue"] >= rows[d]["t_end"]
+        assert x["output_tokens"] == x["expected_output_tokens"] and x["input_tokens"] == x["expected_input_tokens"]
+    s = summarize(run)
+    assert s["engine_metrics"]["num_requests_running"]["max"] > 1  # the engine really ran them concurrently
+
+
+def test_run_hooks_share_the_clock_and_see_the_end(vllm_url, small_trace, tmp_path):
+    """The seam the energy meters use: begin() before t0 (may set it), end() on the way out."""
+    from mrw.replay.driver import RunHook, replay
+    from mrw.replay.engines.base import EngineOptions
+
+    seen: list = []
+
+    class Probe(RunHook):
+        def begin(self, run_dir, engine):
+            seen.append(("begin", run_dir, engine.name))
+            self.t0 = time.perf_counter()
+            return self.t0
+
+        def end(self, status, error):
+            seen.append(("end", status, error))
+
+    probe = Probe()
+    out = replay(small_trace, "vllm", EngineOptions(url=vllm_url), ReplayOptions(max_workflows=1), tmp_path / "run", hooks=[probe])
+    assert out.status == "completed"
+    assert seen == [("begin", tmp_path / "run", "vllm"), ("end", "completed", None)]
+    meta = orjson.loads((tmp_path / "run" / "run.json").read_bytes())
+    assert meta["clock"]["t0_perf_counter"] == probe.t0
+    first = min(r["t_issue"] for r in rows_of(tmp_path / "run"))
+    assert 0 <= first < 5  # requests are timed from the hook's t0 (not from an absolute clock)

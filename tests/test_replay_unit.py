@@ -213,9 +213,16 @@ def test_analyze_energy_figures_or_not_measured(tmp_path):
 
     a = summarize(_run_dir(tmp_path / "a", "vllm", 1.0))
     assert a["energy"] is None and dict(_rows(a))["energy"] == "not measured"
-    b = summarize(_run_dir(tmp_path / "b", "vllm", 1.0, {"summary": {"gpu_j": 1234.5, "j_per_output_token": 0.42}, "meters": []}))
-    assert b["energy"]["summary"]["gpu_j"] == 1234.5
-    assert dict(_rows(b))["energy"] == "gpu_j=1,234, j_per_output_token=0.42"
+    energy = {"sources": {"nvml": {"available": True}, "rapl": {"available": False, "reason": "RAPL: no energy zones on this machine (...)"}},
+              "summary": {"gpu_energy_j": 1234.0},
+              "windows": {"run": {"domains": {"gpu": {"gross_j": 1234.0, "net_j": 1000.0, "avg_power_w": 600.0, "j_per_output_token": 0.42}}},
+                          "baseline": {"avg_power_w": {"gpu": 117.0}}}}
+    b = summarize(_run_dir(tmp_path / "b", "vllm", 1.0, energy))
+    assert b["energy"]["summary"]["gpu_energy_j"] == 1234.0
+    rows = dict(_rows(b))
+    assert rows["energy sources"] == "nvml; unavailable: rapl (no energy zones on this machine)"
+    assert rows["GPU energy kJ gross / net"] == "1.234 / 1.000" and rows["GPU power W avg / idle"] == "600.0 / 117.0"
+    assert rows["GPU J per output token run / steady"] == "0.4200 / -"
     # token check and the critical path come from the lines alone
     assert a["token_check"]["output_mismatch"] == 1 and a["token_check"]["output_examples"][0]["call_id"] == "b"
     cp = a["workflows"]["critical_path_mean"]

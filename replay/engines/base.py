@@ -208,6 +208,10 @@ class Engine(abc.ABC):
         """The engine's log file, when mrw launched it."""
         return None
 
+    def process_id(self) -> int | None:
+        """The pid of the engine process mrw launched (for process meters), else None."""
+        return None
+
     def metrics_url(self) -> str | None:
         """A Prometheus endpoint the replayer scrapes into metrics.jsonl, if the engine has one."""
         return None

@@ -1,12 +1,9 @@
 """Any OpenAI-compatible server (SGLang, TGI, llama.cpp, transformers serve, hosted APIs).
 
-One shared aiohttp session (keep-alive pool sized for the run's concurrency), streamed
-responses split into SSE lines on bytes and parsed with orjson: TTFT and inter-token times
-are measured at the client, per request. The hot path is `run_call`: build a small dict,
-POST, read SSE lines. aiohttp, not httpx, on that path: against a zero-delay server,
-32-token streams cost ~0.25 ms of client CPU per request with aiohttp and ~1.7 ms with
-httpx's streaming (which adds anyio/httpcore work per chunk); that CPU is dispatch lateness
-and meter noise at high rates. httpx stays for the few probe/health requests.
+One shared keep-alive pool of the lean HTTP/1.1 client (`http1`, sized for the run's
+concurrency; httpx only for probes and health checks), streamed responses parsed line by line
+with orjson as the bytes arrive: TTFT and inter-token times are measured at the
+client, per request. The hot path is `run_call`: build a small dict, POST, read SSE lines.
 
 A generic server is not assumed to honour vLLM's `min_tokens` / `ignore_eos`; what it does
 honour is declared with `extra["supports"]` (CLI: `--openai-supports min_tokens,ignore_eos`),
@@ -23,12 +20,12 @@ import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import httpx
 import orjson
 
 from mrw.errors import EngineError, EngineUnreachable, KnobError
 
+from . import http1
 from .base import Capabilities, CallResult, Engine, EngineOptions, Fidelity, Request
 
 _loads = orjson.loads
@@ -72,10 +69,6 @@ def why_unreachable(exc: BaseException) -> str:
         return "host name not found"
     if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
         return "no answer (timed out)"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server closed the connection"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "response cut off mid-stream"
     return text
 
 
@@ -112,7 +105,7 @@ class OpenAICompatEngine(Engine):
         self.model: str | None = o.model
         self.model_info: dict[str, Any] = {}
         self.server_version: str | None = None
-        self.client: aiohttp.ClientSession | None = None
+        self.client: http1.Http1Pool | None = None
         self.usage_missing = 0  # responses that carried no usage block
         self._extra_chunk_fields: dict[str, Any] = {}  # per-request fields an adapter adds (vLLM: token ids)
         if o.url is not None:
@@ -121,6 +114,7 @@ class OpenAICompatEngine(Engine):
             self.root = self.api = ""
         self._chat_url = self.api + "/chat/completions"
         self._cmpl_url = self.api + "/completions"
+
         self._headers = {"content-type": "application/json"}
         if self.api_key:
             self._headers["authorization"] = f"Bearer {self.api_key}"
@@ -149,18 +143,22 @@ class OpenAICompatEngine(Engine):
                 "set them where the server is launched and drop them here"
             )
 
-    def _new_client(self) -> aiohttp.ClientSession:
+    def _new_client(self) -> http1.Http1Pool:
+        """The hot path's client: one keep-alive pool for the whole run. Waiting for a free
+        connection is part of issue lateness, not an error."""
         o = self.options
-        return aiohttp.ClientSession(
-            # One pool for the whole run. No total timeout: a long generation is not an
-            # error; `sock_read` bounds the silence on a stream. Waiting for a free pooled
-            # connection is part of issue lateness, not an error.
-            connector=aiohttp.TCPConnector(limit=max(1, o.max_connections), limit_per_host=0, keepalive_timeout=60.0),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=o.connect_timeout_s, sock_read=o.request_timeout_s),
-            headers=self._headers,
-            skip_auto_headers=("User-Agent",),
-            auto_decompress=False,
-            trust_env=False,
+        u = urlsplit(self.api)
+        tls = u.scheme == "https"
+        self._chat_path = u.path + "/chat/completions"
+        self._cmpl_path = u.path + "/completions"
+        return http1.Http1Pool(
+            u.hostname or "localhost",
+            u.port or (443 if tls else 80),
+            tls=tls,
+            limit=o.max_connections,
+            connect_timeout=o.connect_timeout_s,
+            read_timeout=o.request_timeout_s,
+            headers={k: v for k, v in self._headers.items() if k != "content-type"},
         )
 
     def unreachable(self, reason: str) -> EngineUnreachable:
@@ -211,11 +209,6 @@ class OpenAICompatEngine(Engine):
     async def start(self) -> None:
         if self.client is None:
             self.client = self._new_client()
-            try:  # open one keep-alive connection now, not on the first timed request
-                async with self.client.get(self.api + "/models") as r:
-                    await r.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
 
     async def close(self) -> None:
         c, self.client = self.client, None
@@ -314,99 +307,52 @@ class OpenAICompatEngine(Engine):
             expected_input_tokens=req.expected_input_tokens,
             expected_output_tokens=req.max_tokens,
         )
-        client = self.client
-        if client is None:
+        pool = self.client
+        if pool is None:
             res.error = "engine not started"
             return res
         content = _dumps(self.body(req))
         t0 = self.t0
-        times: list[float] = []
-        parts: list[str] | None = [] if req.keep_output else None
-        usage = None
-        finish = None
-        n_chunks = 0
-        done = False
-        res.t_issue = _perf() - t0
+        sse = _SSE(chat, t0, req.keep_output)
+
+        def sent() -> None:
+            res.t_issue = _perf() - t0
+
         try:
-            async with client.post(self._chat_url if chat else self._cmpl_url, data=content) as r:
-                if r.status != 200:
-                    body = await r.read()
-                    res.t_end = _perf() - t0
-                    res.error = error_message(r.status, body)
-                    res.extra["error_kind"] = "http"
-                    return res
-                buf = b""
-                async for block in r.content.iter_any():
-                    now = _perf() - t0  # every event in this block reached us now
-                    buf = buf + block if buf else block
-                    start = 0
-                    while True:
-                        nl = buf.find(b"\n", start)
-                        if nl < 0:
-                            break
-                        line = buf[start:nl]
-                        start = nl + 1
-                        if line[:5] != b"data:":
-                            continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            done = True
-                            break
-                        obj = _loads(data)
-                        choices = obj.get("choices")
-                        if choices:
-                            ch = choices[0]
-                            text = ch["delta"].get("content") if chat else ch.get("text")
-                            # A token can decode to "" (a split UTF-8 character): token ids count too.
-                            # vLLM's first chat chunk is a role-only "" before any token: not a token.
-                            if text or ch.get("token_ids"):
-                                times.append(now)
-                                n_chunks += 1
-                                if parts is not None and text:
-                                    parts.append(text)
-                            fr = ch.get("finish_reason")
-                            if fr:
-                                finish = fr
-                        u = obj.get("usage")
-                        if u:
-                            usage = u
-                        err = obj.get("error")
-                        if err:
-                            res.t_end = now
-                            msg = err.get("message", err) if isinstance(err, dict) else err
-                            res.error = "stream error: " + " ".join(str(msg).split())[:300]
-                            res.extra["error_kind"] = "stream"
-                            return res
-                    if done:
-                        break
-                    buf = buf[start:]
-        except asyncio.TimeoutError:
+            status, err_body = await pool.stream(self._chat_path if chat else self._cmpl_path, content, sse.feed, sent)
+        except http1.ReadTimeout:
             res.t_end = _perf() - t0
             res.error = f"timed out: no data for {self.options.request_timeout_s:g} s (--request-timeout)"
             res.extra["error_kind"] = "timeout"
             return res
-        except aiohttp.ClientError as e:
+        except http1.TransportError as e:
             res.t_end = _perf() - t0
             res.error = f"connection lost: {why_unreachable(e)}"
             res.extra["error_kind"] = "transport"
             return res
-        except orjson.JSONDecodeError as e:
-            res.t_end = _perf() - t0
-            res.error = f"unparseable stream line ({e})"
+        res.t_end = _perf() - t0
+        if status != 200:
+            res.error = error_message(status, err_body)
+            res.extra["error_kind"] = "http"
+            return res
+        if sse.error is not None:
+            res.error = sse.error
             res.extra["error_kind"] = "stream"
             return res
-        res.t_end = _perf() - t0
+        times = sse.times
         if times:
             res.t_first_token = times[0]
         res.token_times = times
+        usage = sse.usage
         if usage:
             res.input_tokens = usage.get("prompt_tokens")
             res.output_tokens = usage.get("completion_tokens")
         else:
             self.usage_missing += 1
-            res.output_tokens = n_chunks
-        if parts is not None:
-            res.output = "".join(parts)
+            res.output_tokens = len(times)
+        if sse.parts is not None:
+            res.output = "".join(sse.parts)
+        finish = sse.finish
         if finish is None:
             res.error = "stream ended before the response finished"
             res.extra["error_kind"] = "stream"
@@ -415,3 +361,67 @@ class OpenAICompatEngine(Engine):
             res.extra["finish_reason"] = finish
         res.ok = True
         return res
+
+
+class _SSE:
+    """Server-sent events of one streamed completion, parsed as the bytes arrive.
+
+    Each `data:` line is one JSON chunk; a chunk that carries text (or token ids) is a token
+    and its arrival time is kept. vLLM's first chat chunk is a role-only "" before any token:
+    not a token. A token can decode to "" (a split UTF-8 character): token ids count too."""
+
+    __slots__ = ("chat", "t0", "times", "parts", "usage", "finish", "error", "buf", "done")
+
+    def __init__(self, chat: bool, t0: float, keep_output: bool):
+        self.chat = chat
+        self.t0 = t0
+        self.times: list[float] = []
+        self.parts: list[str] | None = [] if keep_output else None
+        self.usage: dict | None = None
+        self.finish: str | None = None
+        self.error: str | None = None
+        self.buf = b""
+        self.done = False
+
+    def feed(self, data: bytes, t_rx: float) -> None:
+        if self.done:
+            return
+        if self.buf:
+            data = self.buf + data
+        lines = data.split(b"\n")
+        self.buf = lines.pop()
+        now = t_rx - self.t0
+        for line in lines:
+            if line[:5] != b"data:":
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                return
+            if not payload:
+                continue
+            try:
+                obj = _loads(payload)
+            except orjson.JSONDecodeError as e:
+                self.error = f"unparseable stream line ({e})"
+                self.done = True
+                return
+            choices = obj.get("choices")
+            if choices:
+                ch = choices[0]
+                text = ch["delta"].get("content") if self.chat else ch.get("text")
+                if text or ch.get("token_ids"):
+                    self.times.append(now)
+                    if self.parts is not None and text:
+                        self.parts.append(text)
+                fr = ch.get("finish_reason")
+                if fr:
+                    self.finish = fr
+            u = obj.get("usage")
+            if u:
+                self.usage = u
+            err = obj.get("error")
+            if err:
+                self.error = "stream error: " + " ".join(str(err.get("message", err) if isinstance(err, dict) else err).split())[:300]
+                self.done = True
+                return

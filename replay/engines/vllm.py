@@ -222,17 +222,33 @@ class VllmEngine(OpenAICompatEngine):
 
     health_path = "/health"
 
+    def _exited(self) -> str | None:
+        proc = self.server.proc if self.server is not None else None
+        if self.server is not None and (proc is None or proc.poll() is not None):
+            code = proc.returncode if proc is not None else "?"
+            return f"the vLLM that mrw launched exited (code {code}; log: {self.log_path()})"
+        return None
+
     async def health(self) -> str | None:
-        if self.server is not None:
-            proc = self.server.proc
-            if proc is None or proc.poll() is not None:
-                code = proc.returncode if proc is not None else "?"
-                return f"the vLLM that mrw launched exited (code {code}; log: {self.log_path()})"
-        return await super().health()
+        if (why := self._exited()) is not None:
+            return why
+        why = await super().health()
+        if why is not None and self.server is not None:
+            # A killed server closes its sockets before it can be reaped: give the launched
+            # process a moment to show as exited, so the error names the real cause.
+            for _ in range(20):
+                if (exited := self._exited()) is not None:
+                    return exited
+                await asyncio.sleep(0.1)
+        return why
 
     def log_path(self) -> Path | None:
         p = getattr(self.server, "log_path", None)
         return Path(p) if p else None
+
+    def process_id(self) -> int | None:
+        proc = self.server.proc if self.server is not None else None
+        return proc.pid if proc is not None else None
 
     def metrics_url(self) -> str | None:
         return self.root + "/metrics" if self.root else None

@@ -8,7 +8,7 @@
 """
 
 from .base import Availability, Channel, Meter, NotSupportedError, PermissionDeniedError
-from .meterset import ENERGY_FILE, METER_NAMES, TIMELINE_FILE, MeterSet, parse_meter_spec
+from .meterset import ENERGY_FILE, METER_NAMES, TIMELINE_FILE, MeteringOptions, MeterSet, parse_meter_spec
 
 __all__ = [
     "Availability",
@@ -17,6 +17,7 @@ __all__ = [
     "METER_NAMES",
     "Meter",
     "MeterSet",
+    "MeteringOptions",
     "NotSupportedError",
     "PermissionDeniedError",
     "TIMELINE_FILE",

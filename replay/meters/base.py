@@ -89,6 +89,8 @@ class Meter(abc.ABC):
     """
 
     name: ClassVar[str]
+    # Timeline rows at most this often (None: every tick). Marks always read every meter.
+    sample_period_s: ClassVar[float | None] = None
 
     @abc.abstractmethod
     def open(self) -> None:

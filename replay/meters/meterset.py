@@ -64,6 +64,29 @@ def parse_meter_spec(spec: str | Iterable[str] | None) -> list[str]:
 
 
 @dataclass(slots=True)
+class MeteringOptions:
+    """What `mrw replay` meters and which GPU knobs it applies (all off: `MeteringOptions.off()`)."""
+
+    meters: str = "nvml,rapl,process"
+    baseline_s: float = 3.0
+    period_s: float = 0.05
+    cap_w: float | None = None
+    lock_clocks: str | None = None
+
+    @classmethod
+    def off(cls) -> "MeteringOptions":
+        return cls(meters="none", baseline_s=0.0)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(parse_meter_spec(self.meters))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"meters": parse_meter_spec(self.meters), "baseline_s": self.baseline_s, "period_s": self.period_s,
+                "cap_w": self.cap_w, "lock_clocks": self.lock_clocks}
+
+
+@dataclass(slots=True)
 class Mark:
     label: str
     t: float  # the MeterSet's clock (time.perf_counter)
@@ -194,24 +217,53 @@ class MeterSet:
 
     def measure_baseline(self) -> None:
         """Sit idle for baseline_s while sampling, then mark the run's start (t0)."""
-        if self.baseline_s > 0:
+        if self._baseline_wanted():
             self.mark("baseline_start")
             deadline = self.clock() + self.baseline_s
             while (left := deadline - self.clock()) > 0:
                 time.sleep(min(left, 0.1))
         self.mark("run_start")
 
+    async def measure_baseline_async(self) -> None:
+        """measure_baseline for an event loop: the idle wait yields instead of blocking."""
+        import asyncio
+
+        if self._baseline_wanted():
+            self.mark("baseline_start")
+            await asyncio.sleep(self.baseline_s)
+        self.mark("run_start")
+
+    def _baseline_wanted(self) -> bool:
+        """An idle baseline only where something measures energy: without NVML or RAPL it
+        would only cost the run time (CI machines), so it is skipped and the skip recorded."""
+        if self.baseline_s <= 0:
+            return False
+        if any(u == "J" for _, u in self._channel_domain.values()):
+            return True
+        self._error(f"idle baseline of {self.baseline_s:g} s skipped: no energy source available")
+        return False
+
     def mark(self, label: str) -> float:
         """Read every counter now; returns the time relative to t0 (or 0 for the run start)."""
         counters: dict[str, float] = {}
         failed: set[str] = set()
-        t = self.clock()
-        for m in self.meters:
+
+        def read(m: Meter) -> None:
             try:
-                counters.update(m.read())
+                counters.update(m.read(refresh=True) if m.name == "process" else m.read())
             except Exception as e:  # a failed read loses this meter's mark, never the run
                 failed.add(m.name)
                 self._error(f"{m.name}: read at mark {label!r} failed: {e}")
+
+        # CPU-time meters first (walking the process table takes ms), then the energy counters
+        # inside the timing bracket, so the mark's time is that of the energy readings.
+        slow = [m for m in self.meters if m.name == "process"]
+        fast = [m for m in self.meters if m.name != "process"]
+        for m in slow:
+            read(m)
+        t = self.clock()
+        for m in fast:
+            read(m)
         t = (t + self.clock()) / 2
         self.marks[label] = Mark(label, t, counters, failed)
         if label == "run_start":
@@ -225,8 +277,9 @@ class MeterSet:
                 m.set_engine_pid(pid)  # type: ignore[attr-defined]
                 self._describe[m.name] = m.describe()
 
-    def stop(self, exc: BaseException | None = None) -> None:
-        """Mark the end, stop sampling, close meters and write energy.json. Idempotent."""
+    def stop(self, exc: BaseException | None = None, status: str | None = None) -> None:
+        """Mark the end, stop sampling, close meters and write energy.json. Idempotent.
+        `status` overrides the one derived from `exc` (e.g. a replay stopped gracefully)."""
         if self.status != "running":
             return
         if self.t0 is None:  # interrupted during the baseline: the run never started
@@ -249,6 +302,8 @@ class MeterSet:
             self.status = f"interrupted ({exc})" if str(exc) else "interrupted"
         else:
             self.status = f"failed: {type(exc).__name__}: {exc}".strip()
+        if status is not None:
+            self.status = status
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -261,10 +316,15 @@ class MeterSet:
         period = self.period_s
         nxt = self.clock()
         last_flush = nxt
+        last_sample: dict[str, float] = {}
         while not self._stop.is_set():
             t = self.clock()
             rows: list[dict[str, Any]] = []
             for m in self.meters:
+                per = m.sample_period_s
+                if per is not None and t - last_sample.get(m.name, -1e18) < per - period / 2:
+                    continue
+                last_sample[m.name] = t
                 try:
                     rows.extend(m.sample(t))
                 except Exception as e:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 from mrw.errors import NotSupportedError
@@ -32,15 +33,25 @@ def _busy(ct: Any) -> float:
 
 class ProcessMeter(Meter):
     name = "process"
+    # Walking the process table for the engine's tree is the costly part (ms per walk with a
+    # few hundred processes): it happens every TREE_REFRESH_S and at every mark. Reading the
+    # known processes' CPU times is cheap (~20 us each) and happens every tick, so a process
+    # that exits loses at most one tick of CPU time. Timeline rows: once per ROW_PERIOD_S.
+    TREE_REFRESH_S = 5.0
+    ROW_PERIOD_S = 1.0
 
     def __init__(self, engine_pid: int | None = None, harness_pid: int | None = None):
         self.harness_pid = harness_pid or os.getpid()
         self.engine_pid = engine_pid
         self._lock = threading.Lock()
         self._seen: dict[int, tuple[float, float]] = {}  # pid -> (create_time, cpu seconds)
+        self._gone: float = 0.0  # last readings of processes that exited or whose pid was reused
+        self._procs: list[Any] = []
+        self._tree_at = -1e18
         self._start: dict[str, float] = {}
         self._notes: list[str] = []
         self._engine_start: float = 0.0
+        self._row_at = -1e18
 
     def open(self) -> None:
         try:
@@ -51,14 +62,16 @@ class ProcessMeter(Meter):
         self._harness = psutil.Process(self.harness_pid)
         self._start = {"harness": self._harness_s(), "system": _busy(psutil.cpu_times())}
         with self._lock:
-            self._engine_start = self._engine_s_locked()
+            self._engine_start = self._engine_s_locked(refresh=True)
 
     def set_engine_pid(self, pid: int | None) -> None:
         """Follow this process tree from now on (e.g. once the launcher has started vLLM)."""
         with self._lock:
             self.engine_pid = pid
             self._seen.clear()
-            self._engine_start = self._engine_s_locked()
+            self._gone = 0.0
+            self._procs = []
+            self._engine_start = self._engine_s_locked(refresh=True)
 
     def channels(self) -> list[Channel]:
         return [
@@ -71,34 +84,40 @@ class ProcessMeter(Meter):
         t = self._harness.cpu_times()
         return t.user + t.system
 
-    def _engine_s_locked(self) -> float:
+    def _engine_s_locked(self, refresh: bool = False) -> float:
         if self.engine_pid is None:
             return 0.0
         ps = self.psutil
-        try:
-            root = ps.Process(self.engine_pid)
-            procs = [root] + root.children(recursive=True)
-        except (ps.NoSuchProcess, ps.ZombieProcess):
-            procs = []
-        except ps.AccessDenied:
-            self._note(f"process meter: no access to engine pid {self.engine_pid}")
-            procs = []
-        for p in procs:
+        now = time.monotonic()
+        if refresh or now - self._tree_at >= self.TREE_REFRESH_S or not self._procs:
+            self._tree_at = now
             try:
-                with p.oneshot():
-                    ct, created = p.cpu_times(), p.create_time()
+                root = ps.Process(self.engine_pid)
+                self._procs = [root] + root.children(recursive=True)
+            except (ps.NoSuchProcess, ps.ZombieProcess):
+                self._procs = []
+            except ps.AccessDenied:
+                self._note(f"process meter: no access to engine pid {self.engine_pid}")
+                self._procs = []
+        alive = []
+        for p in self._procs:
+            try:
+                ct = p.cpu_times()
+                created = p.create_time()  # cached by psutil after the first call
             except (ps.NoSuchProcess, ps.ZombieProcess, ps.AccessDenied):
                 continue
+            alive.append(p)
             prev = self._seen.get(p.pid)
             if prev is not None and prev[0] != created:  # pid reused by a new process
-                self._seen[-len(self._seen) - 1] = prev
+                self._gone += prev[1]
             self._seen[p.pid] = (created, ct.user + ct.system)
-        return sum(v for _, v in self._seen.values())
+        self._procs = alive
+        return self._gone + sum(v for _, v in self._seen.values())
 
-    def read(self) -> dict[str, float]:
+    def read(self, refresh: bool = False) -> dict[str, float]:
         ps = self.psutil
         with self._lock:
-            eng = self._engine_s_locked() - self._engine_start if self.engine_pid is not None else None
+            eng = self._engine_s_locked(refresh=refresh) - self._engine_start if self.engine_pid is not None else None
         out = {
             "process:harness": self._harness_s() - self._start["harness"],
             "process:system": _busy(ps.cpu_times()) - self._start["system"],
@@ -109,6 +128,9 @@ class ProcessMeter(Meter):
 
     def sample(self, t: float) -> list[dict[str, Any]]:
         vals = self.read()
+        if t - self._row_at < self.ROW_PERIOD_S:
+            return []
+        self._row_at = t
         return [
             {"t_s": t, "source": "process", "device": ch.device, "cpu_s": vals[ch.name]}
             for ch in self.channels()
@@ -127,3 +149,30 @@ class ProcessMeter(Meter):
 
     def describe(self) -> dict[str, Any]:
         return {"harness_pid": self.harness_pid, "engine_pid": self.engine_pid, "cpus": os.cpu_count()}
+
+
+def pid_listening_at(url: str) -> int | None:
+    """The local process accepting connections at `url`'s port (an engine mrw attached to),
+    or None when the host is not this machine or the socket's owner cannot be seen."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import psutil
+
+    u = urlsplit(url if "://" in url else f"http://{url}")
+    host, port = u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
+    local = {"localhost", "127.0.0.1", "::1", "0.0.0.0", socket.gethostname()}
+    try:
+        local |= {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        pass
+    if host not in local:
+        return None
+    try:
+        conns = psutil.net_connections(kind="inet")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+            return c.pid
+    return None

@@ -175,7 +175,8 @@ class RaplMeter(Meter):
         if not zones and not unreadable:
             where = str(self.root) + (f" or {self.hwmon_root} (amd_energy)" if self.hwmon_root else "")
             raise NotSupportedError(
-                f"RAPL: no energy zones under {where} (no RAPL on this CPU, a VM, or the intel_rapl_msr module not loaded)"
+                f"RAPL: no energy zones on this machine (none under {where}: no RAPL on this CPU, a VM, "
+                "or the intel_rapl_msr module not loaded)"
             )
         for z in zones:
             try:
