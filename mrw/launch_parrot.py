@@ -52,12 +52,15 @@ sys.modules[name] = stub
 runpy.run_module("parrot.engine.http_server", run_name="__main__", alter_sys=True)
 """
 
+# Locates Parrot without importing it (its __init__ pulls in torch and transformers: tens of
+# seconds on a busy machine).
 FIND_PARROT = (
-    "import importlib.util, sys\n"
-    "spec = importlib.util.find_spec('parrot')\n"
-    "ok = spec is not None and importlib.util.find_spec('parrot.serve.http_server') is not None\n"
-    "print(spec.submodule_search_locations[0] if ok else '')\n"
-    "sys.exit(0 if ok else 3)\n"
+    "import importlib.machinery, os, sys\n"
+    "spec = importlib.machinery.PathFinder.find_spec('parrot')\n"
+    "locs = list(spec.submodule_search_locations or []) if spec else []\n"
+    "found = [d for d in locs if os.path.isfile(os.path.join(d, 'serve', 'http_server.py'))]\n"
+    "print(found[0] if found else '')\n"
+    "sys.exit(0 if found else 3)\n"
 )
 
 
@@ -77,7 +80,7 @@ class ParrotLaunchOptions:
     tasks_capacity: int = 256  # tasks one engine may hold (set to vLLM's max_num_seqs when known)
     force_length: bool = True  # the proxy injects ignore_eos + min_tokens
     release_mode: bool = True  # Parrot's release mode: no DEBUG/INFO logging (errors still logged)
-    startup_timeout_s: float = 120.0
+    startup_timeout_s: float = 300.0
 
     def core_config(self, host: str) -> dict[str, Any]:
         return {
@@ -142,7 +145,7 @@ def find_parrot(src: str | None = None) -> Path:
     if src and not (Path(src) / "parrot" / "serve" / "http_server.py").is_file():
         raise LaunchError(f"{PARROT_SRC_ENV}={src} holds no parrot/serve/http_server.py; point it at a ParrotServe checkout")
     try:
-        r = subprocess.run([parrot_python(), "-c", FIND_PARROT], env=parrot_env(src), capture_output=True, text=True, timeout=60)
+        r = subprocess.run([parrot_python(), "-c", FIND_PARROT], env=parrot_env(src), capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise LaunchError(f"cannot run Parrot's Python {parrot_python()} ({e}); set {PARROT_PYTHON_ENV}") from None
     if r.returncode != 0:
@@ -183,7 +186,7 @@ class ParrotStack:
     ):
         if backend_url is None and model is None:
             raise LaunchError("ParrotStack needs a model to launch vLLM with, or backend_url of a running server")
-        self.run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir).resolve()  # children run there: paths must not be relative
         self.model = model
         self.vllm_options = vllm_options or VllmOptions()
         self.opt = options or ParrotLaunchOptions()

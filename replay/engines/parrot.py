@@ -313,6 +313,7 @@ class ParrotEngine(Engine):
         self.backend_metrics: str | None = None
         self.max_model_len = self.opt.max_model_len or self.options.knobs.max_model_len
         self.process_cpu: dict[str, float | None] = {}
+        self.served_models: list[str] = []  # what the backend serves (through the proxy)
         self._notes: set[str] = set()
         self._proxy_through: bool | None = None  # did the preflight call pass the proxy?
         proxied = self.embedded or self.opt.proxy_url is not None
@@ -439,8 +440,9 @@ class ParrotEngine(Engine):
                 raise EngineUnreachable(f"the mrw backend proxy at {redact_url(self.opt.proxy_url)} does not answer ({why_unreachable(e)})") from None
             self.ledger.pool.clear()
             self.ledger.errors.clear()
+            backend_len = await self._backend_max_model_len()
             if self.max_model_len is None:
-                self.max_model_len = await self._backend_max_model_len()
+                self.max_model_len = backend_len
         if self.opt.preflight:
             await self._preflight_call()
 
@@ -452,7 +454,9 @@ class ParrotEngine(Engine):
             models = r.json().get("data") or []
         except (httpx.HTTPError, ValueError):
             return None
-        lens = [m.get("max_model_len") for m in models if isinstance(m, dict) and (not self.opt.models or m.get("id") in self.opt.models)]
+        models = [m for m in models if isinstance(m, dict) and (not self.opt.models or m.get("id") in self.opt.models)]
+        self.served_models = [str(m.get("id")) for m in models]
+        lens = [m.get("max_model_len") for m in models]
         lens = [int(x) for x in lens if isinstance(x, int)]
         return min(lens) if lens else None
 
@@ -588,6 +592,8 @@ class ParrotEngine(Engine):
             "proxy": self.ledger is not None,
             "max_model_len": self.max_model_len,
         }
+        if self.served_models:
+            d["model"] = self.served_models[0] if len(self.served_models) == 1 else ",".join(self.served_models)
         if self.proxy_info:
             d["backend"] = redact_url(self.proxy_info.get("backend") or "")
             d["proxy_forces_length"] = self.proxy_info.get("force_length")
@@ -654,7 +660,7 @@ async def _start_stack(stack: Any) -> None:
         try:
             stack.start()
         except BaseException as e:  # noqa: BLE001 - handed to the loop
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+            loop.call_soon_threadsafe(lambda err=e: fut.done() or fut.set_exception(err))
         else:
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
 
@@ -729,10 +735,11 @@ class _WorkflowRun:
             if len(self.refused) == len(self.calls):
                 return
             sid, self.auth = await eng._open_session()
+            await self._submit_batch([cid for cid in self.calls if cid not in self.deferred])
+            # The liveness probe's variable: made after the first submits, not before them.
             probe = await eng._post("/v1/semantic_var", {**self.auth, "var_name": "mrw_probe"}, what="a probe variable")
             self.probe_var = probe["var_id"]
             await eng._post(f"/v1/semantic_var/{self.probe_var}", {**self.auth, "content": ""}, what="setting the probe variable")
-            await self._submit_batch([cid for cid in self.calls if cid not in self.deferred])
             for cid in self.deferred - set(self.refused):
                 self._spawn(self._deferred(cid))
             self._spawn(self._watchdog())
