@@ -75,7 +75,7 @@ async def _start_in_thread(server: Any) -> None:
         try:
             server.start()
         except BaseException as e:  # noqa: BLE001 - handed to the loop
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+            loop.call_soon_threadsafe(lambda err=e: fut.done() or fut.set_exception(err))  # bind now: `e` is cleared after except
         else:
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
 
