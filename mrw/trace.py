@@ -279,14 +279,14 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return data
 
 
-def parse(data: bytes, name: str = "<trace>") -> dict:
+def parse(data: bytes | memoryview, name: str = "<trace>") -> dict:
     """JSON bytes to a dict, with a one-line error for non-JSON or truncated input."""
     from mrw.errors import TraceError
 
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
-        what = "truncated" if e.pos >= len(data.rstrip()) - 1 else "not valid JSON"
+        what = "truncated" if e.pos >= len(bytes(data).rstrip()) - 1 else "not valid JSON"
         raise TraceError(f"{name}: {what} at byte {e.pos} ({e.msg}); is this an mrw trace file?") from None
     if not isinstance(doc, dict):
         raise TraceError(f"{name}: top level is {type(doc).__name__}, expected an object with 'header' and 'workflows'")
@@ -310,14 +310,13 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Trace:
     gc.disable()
     try:
         with _mapped(path) as data:
-            got = v.decode(data)
+            got = v.decode(data, report=validate)
             if got is None:
-                data = bytes(data)
+                doc = parse(data, name)
         if got is not None:
             trace, problems = got
         else:
-            doc = v.migrate(parse(data, name), name)
-            del data
+            doc = v.migrate(doc, name)
             if validate:
                 v.raise_if_problems(v.schema_problems(doc), name)
             trace = _build_consuming(doc, name)

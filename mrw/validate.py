@@ -164,9 +164,7 @@ class _WorkflowIn(Workflow):
     def __post_init__(self) -> None:
         # Right after msgspec built this workflow, while its objects are still in the CPU's
         # caches (a pass over a million cold objects costs more than the checks themselves).
-        _screen_workflow(self, getattr(_local, "screen", None))
-        for c in self.calls:
-            c.__class__ = Call
+        _screen_workflow(self, getattr(_local, "screen", None), Call)
         self.__class__ = Workflow
 
 
@@ -194,13 +192,13 @@ class _Screen:
 
     def __init__(self) -> None:
         self.ok = True  # no workflow needs the report
-        self.ids: set[str] = set()  # every call id
+        self.ids: list[str] = []  # every call id (one set at the end: cheaper than growing one)
         self.n = 0  # calls
         self.hashed = False  # some call has hash_ids
 
 
-def _screen_workflow(w: Workflow, screen: _Screen | None) -> None:
-    """One workflow's share of the fast checks.
+def _screen_workflow(w: Workflow, screen: _Screen | None, model: type | None = None) -> None:
+    """One workflow's share of the fast checks (and, given `model`, each call gets that class).
 
     Structure (raises ValueError, which msgspec turns into a refusal): what no annotation
     says, in `_text_ok`. Semantics: a screen that clears `screen.ok` wherever the report
@@ -242,8 +240,10 @@ def _screen_workflow(w: Workflow, screen: _Screen | None) -> None:
             hashed = True
         if c.messages is not None or c.prompt is not None or c.sampling:
             ok = _text_ok(c) and ok
+        if model is not None:
+            c.__class__ = model
     if screen is not None:
-        screen.ids.update(ends)
+        screen.ids.extend(ends)
         screen.n += len(calls)
         if not ok:
             screen.ok = False
@@ -313,24 +313,25 @@ def _header_ok(h: Header) -> bool:
 def _whole_trace_ok(t: Trace, screen: _Screen) -> bool:
     """The screen's verdict with the rules that span workflows."""
     wfs = t.workflows
-    return (screen.ok and len(screen.ids) == screen.n and len(set(map(_id, wfs))) == len(wfs)
+    return (screen.ok and len(set(screen.ids)) == screen.n and len(set(map(_id, wfs))) == len(wfs)
             and not (screen.hashed and t.header.block_size is None))
 
 
-def _finish(t: _TraceIn, screen: _Screen) -> tuple[Trace, list[Problem]] | None:
+def _finish(t: _TraceIn, screen: _Screen, report: bool = True) -> tuple[Trace, list[Problem]] | None:
     h = t.header
     if not _header_ok(h):
         return None
     t.__class__ = Trace
     h.__class__ = Header
-    return t, ([] if _whole_trace_ok(t, screen) else _semantic_report(t))
+    return t, ([] if not report or _whole_trace_ok(t, screen) else _semantic_report(t))
 
 
-def decode(data: Any) -> tuple[Trace, list[Problem]] | None:
+def decode(data: Any, *, report: bool = True) -> tuple[Trace, list[Problem]] | None:
     """JSON bytes (or any buffer) to the model in one msgspec decode that parses, checks the
     structure and builds, with the semantic problems of the result (usually none: then only the
-    screen ran). None where the fast structure check refuses the document: then `parse`,
-    `migrate` and `schema_problems` say why, or accept it after all."""
+    screen ran; `report=False` skips the rest and says none). None where the fast structure
+    check refuses the document: then `parse`, `migrate` and `schema_problems` say why, or
+    accept it after all."""
     screen = _local.screen = _Screen()
     try:
         t = _DECODER.decode(data)
@@ -338,7 +339,7 @@ def decode(data: Any) -> tuple[Trace, list[Problem]] | None:
         return None
     finally:
         _local.screen = None
-    return _finish(t, screen)
+    return _finish(t, screen, report)
 
 
 def convert(doc: Any) -> tuple[Trace, list[Problem]] | None:
