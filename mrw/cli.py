@@ -610,6 +610,46 @@ def anonymize(src: Path, output: Path, tokenizer_dir: Path | None, block_size: i
     out.print(f"{output}: {rep.calls} calls, text removed, hash_ids of {block_size}-token blocks", highlight=False)
 
 
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Trace to write.")
+@click.option("--copies", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Copies of every workflow, as separate as distinct workflows (more concurrent load).")
+@click.option("--stagger", "stagger_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds between the arrivals of successive copies.")
+@click.option("--out-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Output-length scale (docs/sweeps.md says how).")
+@click.option("--in-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Input-length scale.")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Model folder whose tokenizer recounts input_tokens (default: estimated from characters).")
+def transform(src: Path, output: Path, copies: int, stagger_s: float, out_scale: float, in_scale: float,
+              tokenizer_dir: Path | None) -> None:
+    """Make a trace of the same workload with more workflows or other lengths, deterministically
+    (same source and options, same bytes); what was done goes to the header's extra.transform."""
+    import hashlib
+
+    from mrw import transform as tf
+    from mrw.trace import dump, load, read_bytes
+
+    if output.resolve() == src.resolve():
+        raise click.UsageError("write the transformed trace to a new file, not over the original")
+    sha = hashlib.sha256(read_bytes(src)).hexdigest()
+    trace = load(src)
+    counter = tf.hf_token_counter(str(tokenizer_dir)) if tokenizer_dir else None
+    name = f"the tokenizer in {tokenizer_dir}" if tokenizer_dir else None
+    if out_scale != 1.0 or in_scale != 1.0 or counter is not None:
+        trace = tf.scale_trace(trace, out_scale, in_scale, count_tokens=counter, token_counter_name=name, source_sha256=sha)
+    if copies > 1:
+        trace = tf.replicate(trace, copies, stagger_s=stagger_s, count_tokens=counter, token_counter_name=name,
+                             source_sha256=sha)
+    from mrw import validate as v
+
+    v.raise_if_problems(v.check(trace.to_dict()), str(output))
+    dump(trace, output)
+    out.print(f"{output}: {len(trace.workflows)} workflows, {trace.n_calls} calls", highlight=False)
+
+
 def _tokenizer_opt(tokenizer_dir: Path | None):
     if tokenizer_dir is None:
         return None
