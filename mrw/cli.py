@@ -7,6 +7,7 @@ engines and leaves valid files on disk before the interrupt reaches here).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from mrw import __version__
 from mrw.errors import MrwError
 
 console = Console(stderr=True)
-out = Console()
+# Piped into a file or a CI log, rich would fit tables into 80 columns and cut every cell to
+# "…"; a table for a file is read whole, so it gets the width it needs (COLUMNS still wins).
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
