@@ -91,6 +91,11 @@ class ZeroServer:
     def log(self) -> list[dict]:
         return [orjson.loads(line) for line in self.get("/_log").splitlines() if line]
 
+    def stall(self) -> dict[str, Any]:
+        """The server's own event-loop delays since the last reset: a floor under every tool's
+        server-measured lateness (a request that lands in a stall is recorded late)."""
+        return orjson.loads(self.get("/_stall"))
+
     def cpu_seconds(self) -> float:
         t = psutil.Process(self.proc.pid).cpu_times()
         return t.user + t.system
@@ -319,6 +324,7 @@ def measure(tool: Adapter, s: Schedule, server: ZeroServer, workroot: Path, time
     server_cpu0 = server.cpu_seconds()
     child = run_child(job.cmd, job.env, workdir, timeout)
     time.sleep(0.2)
+    stall = server.stall()  # before /_log, whose own work is not the run's
     log = server.log()
     server_cpu = server.cpu_seconds() - server_cpu0
     own = tool.own_report(s, workdir)
@@ -345,6 +351,7 @@ def measure(tool: Adapter, s: Schedule, server: ZeroServer, workroot: Path, time
             "processes": max((x[3] for x in child.sampler.samples), default=1),
         },
         "server_cpu_ms_per_request": server_cpu / max(1, late["server_requests"]) * 1e3,
+        "server_stall_ms": stall,
         "own_report": own,
         "load_avg_before": load,
         "load_avg_after": os.getloadavg(),
