@@ -439,7 +439,7 @@ def analyze_sweep(root: str | os.PathLike, console: Any = None, *, figures: bool
         fig_df = df.drop(bad.index) if len(bad) else df
         if len(fig_df) == 0:
             raise MrwError(f"{r}: every completed run had failed calls: tables written to {r / 'analysis'}, no figure "
-                           "drawn; fix the cause named above and rerun the sweep")
+                           "drawn (the warnings above name the cause)")
         figs = make_figures(r, fig_df, aggregate(fig_df) if len(bad) else agg)
         result["figures"] = [f.to_dict() for f in figs]
         if console is not None:
