@@ -408,6 +408,7 @@ def print_table(agg_df, console: Any, title: str = "sweep") -> None:
 
 def analyze_sweep(root: str | os.PathLike, console: Any = None, *, figures: bool = True, refresh: bool = True) -> dict[str, Any]:
     """Table (CSV + Parquet + printed) and figures of a sweep. Returns what was written."""
+    from mrw.replay.run import first_call_error
     from mrw.replay.sweep import read_manifest
 
     r = Path(root)
@@ -422,10 +423,24 @@ def analyze_sweep(root: str | os.PathLike, console: Any = None, *, figures: bool
     c = man.get("counts", {})
     if console is not None:
         print_table(agg, console, title=f"{r}: {len(agg)} point(s), {len(df)} run(s) completed of {c.get('total', '?')}")
+    # A run whose calls failed (an engine's 400 for a prompt over its context, a timeout, ...)
+    # measured a different workload from the one asked for: it stays in the tables, with
+    # requests_failed, but no figure draws it as that configuration.
+    bad = df[df["requests_failed"] > 0]
+    result["runs_with_failed_calls"] = [str(x) for x in bad["point"]]
+    if console is not None:
+        for _, row in bad.iterrows():
+            console.print(f"warning: {row['point']}: {int(row['requests_failed'])} of {int(row['requests'])} calls failed "
+                          f"({first_call_error(row['run_dir'])}); left out of the figures",
+                          style="yellow", highlight=False, soft_wrap=True)
     if figures:
         from mrw.analysis.figures import make_figures
 
-        figs = make_figures(r, df, agg)
+        fig_df = df.drop(bad.index) if len(bad) else df
+        if len(fig_df) == 0:
+            raise MrwError(f"{r}: every completed run had failed calls: tables written to {r / 'analysis'}, no figure "
+                           "drawn (the warnings above name the cause)")
+        figs = make_figures(r, fig_df, aggregate(fig_df) if len(bad) else agg)
         result["figures"] = [f.to_dict() for f in figs]
         if console is not None:
             skipped_runs: dict[tuple[str, str], int] = {}

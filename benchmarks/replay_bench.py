@@ -91,6 +91,11 @@ class ZeroServer:
     def log(self) -> list[dict]:
         return [orjson.loads(line) for line in self.get("/_log").splitlines() if line]
 
+    def stall(self) -> dict[str, Any]:
+        """The server's own event-loop delays since the last reset: a floor under every tool's
+        server-measured lateness (a request that lands in a stall is recorded late)."""
+        return orjson.loads(self.get("/_stall"))
+
     def cpu_seconds(self) -> float:
         t = psutil.Process(self.proc.pid).cpu_times()
         return t.user + t.system
@@ -319,6 +324,7 @@ def measure(tool: Adapter, s: Schedule, server: ZeroServer, workroot: Path, time
     server_cpu0 = server.cpu_seconds()
     child = run_child(job.cmd, job.env, workdir, timeout)
     time.sleep(0.2)
+    stall = server.stall()  # before /_log, whose own work is not the run's
     log = server.log()
     server_cpu = server.cpu_seconds() - server_cpu0
     own = tool.own_report(s, workdir)
@@ -345,6 +351,7 @@ def measure(tool: Adapter, s: Schedule, server: ZeroServer, workroot: Path, time
             "processes": max((x[3] for x in child.sampler.samples), default=1),
         },
         "server_cpu_ms_per_request": server_cpu / max(1, late["server_requests"]) * 1e3,
+        "server_stall_ms": stall,
         "own_report": own,
         "load_avg_before": load,
         "load_avg_after": os.getloadavg(),
@@ -368,21 +375,23 @@ def _f(x: Any, nd: int = 2) -> str:
 
 def table(results: dict[str, Any]) -> str:
     rows = [
-        "| schedule | tool | sent/expected | achieved rate (/s) | lateness p50 / p99 / max (ms) | mrw own p50 / p99 (ms) | CPU ms/request (window) | CPU ms/request (total) | peak RSS (MB) | load (1 min) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| schedule | tool | sent/expected | achieved rate (/s) | lateness p50 / p99 / max (ms) | mrw own p50 / p99 (ms) | server stall p99 / max (ms) | CPU ms/request (window) | CPU ms/request (total) | peak RSS (MB) | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["runs"]:
         if r.get("skipped"):
-            rows.append(f"| {r['schedule']['name']} | {r['tool']} | skipped: {r['skipped']} | | | | | | | |")
+            rows.append(f"| {r['schedule']['name']} | {r['tool']} | skipped: {r['skipped']} | | | | | | | | |")
             continue
         la, cl = r["lateness"], r["client"]
         a = la["all_ms"]
         own = (r.get("own_report") or {}).get("client_lateness_ms") or {}
+        stall = r.get("server_stall_ms") or {}  # absent in results written before it was measured
         rows.append(
             f"| {r['schedule']['name']} | {r['tool']} | {la['received']}/{la['expected']}"
             f"{'' if r['returncode'] == 0 else ' (rc ' + str(r['returncode']) + ')'} | {_f(la.get('achieved_rate'), 0)} | "
             f"{_f(a['p50'])} / {_f(a['p99'])} / {_f(a['max'])} | "
             f"{_f(own.get('p50'))} / {_f(own.get('p99'))} | "
+            f"{_f(stall.get('p99_ms'))} / {_f(stall.get('max_ms'))} | "
             f"{_f(cl['cpu_ms_per_request_window'], 3)} | {_f(cl['cpu_ms_per_request_total'], 3)} | {_f(cl['peak_rss_mb'], 0)} | "
             f"{r['load_avg_before'][0]:.2f} |"
         )

@@ -8,6 +8,7 @@ Each file is recognised by its "benchmark" field; the newest of each kind is use
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,14 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(argv if argv is not None else sys.argv[1:])
-    into = None
-    if args[:1] == ["--into"]:
-        into, args = Path(args[1]), args[2:]
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.report",
+                                 description="Markdown tables of the newest result of each benchmark among FILES.")
+    ap.add_argument("files", nargs="+", type=Path, help="benchmarks/results/*.json")
+    ap.add_argument("--into", type=Path, help=f"replace the {BEGIN} ... {END} section of this file (else print)")
+    a = ap.parse_args(argv)
+    into = a.into
     newest: dict[str, tuple[str, dict]] = {}
-    for p in map(Path, args):
+    for p in a.files:
         d = orjson.loads(p.read_bytes())
         k = d.get("benchmark")
         if k and (k not in newest or d.get("started", "") > newest[k][0]):

@@ -15,13 +15,15 @@
 //   every request's arrival (headers parsed), first byte written and last byte written are
 //   recorded on CLOCK_MONOTONIC in ns (process.hrtime, the clock Python's
 //   time.perf_counter_ns reads on Linux), with the last `[[id]]` marker found in the body.
-//   GET /_log returns the records as JSON lines and clears them; GET /_reset clears them.
+//   GET /_log returns the records as JSON lines and clears them; GET /_reset clears them;
+//   GET /_stall: the event loop's own delays since the last reset (GC pauses, write bursts).
 //
 // Usage: node zero_server.js --port 8701 [--model zero] [--batch]
 //   --batch writes all chunks of a response with one write (the server's ceiling); the
 //   default writes one chunk per write, as a real engine streaming tokens does.
 'use strict';
 const http = require('http');
+const {monitorEventLoopDelay} = require('perf_hooks');
 
 const args = process.argv.slice(2);
 function opt(name, dflt) {
@@ -39,8 +41,14 @@ const CREATED = Math.floor(Date.now() / 1000);
 
 // Records, in parallel arrays (cheap to append, no per-request object churn).
 let recArrive = [], recFirst = [], recEnd = [], recId = [], recTokens = [], recPath = [];
+// The server's own stalls (its GC, a burst of writes): how late its event loop ran a 1 ms
+// timer. A request arriving during a stall is recorded late whoever sent it, so the
+// benchmark reports this beside every tool's lateness.
+const loopDelay = monitorEventLoopDelay({resolution: 1});
+loopDelay.enable();
 function resetLog() {
   recArrive = []; recFirst = []; recEnd = []; recId = []; recTokens = []; recPath = [];
+  loopDelay.reset();
 }
 
 const MARK = /\[\[([A-Za-z0-9_.:-]+)\]\]/g;
@@ -164,6 +172,12 @@ const server = http.createServer((req, res) => {
     if (url === '/_log') return dumpLog(res);
     if (url === '/_reset') { resetLog(); res.writeHead(200); res.end(); return; }
     if (url === '/_clock') return sendJson(res, 200, {monotonic_ns: hr().toString()});
+    if (url === '/_stall') {
+      // Delays beyond the 1 ms sampling timer's own period, in ms.
+      const ms = (ns) => Math.max(0, ns / 1e6 - 1);
+      return sendJson(res, 200, {samples: loopDelay.count, p50_ms: ms(loopDelay.percentile(50)),
+        p99_ms: ms(loopDelay.percentile(99)), max_ms: ms(loopDelay.max)});
+    }
   }
   req.resume();
   sendJson(res, 404, {error: {message: 'no route ' + req.method + ' ' + url, type: 'NotFoundError', code: 404}});

@@ -7,6 +7,7 @@ engines and leaves valid files on disk before the interrupt reaches here).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from mrw import __version__
 from mrw.errors import MrwError
 
 console = Console(stderr=True)
-out = Console()
+# Piped into a file or a CI log, rich would fit tables into 80 columns and cut every cell to
+# "…"; a table for a file is read whole, so it gets the width it needs (COLUMNS still wins).
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -225,6 +228,10 @@ def sweep(traces: tuple[Path, ...], config: Path | None, out: Path | None, engin
     if res.failed:
         raise sw.SweepError(f"{len(res.failed)} point(s) failed ({', '.join(res.failed[:3])}{', ...' if len(res.failed) > 3 else ''}); "
                             f"see {res.root}/sweep.json; rerun the same command to retry them")
+    if res.with_failed_calls:
+        console.print(f"{len(res.with_failed_calls)} completed point(s) had failed calls ({', '.join(res.with_failed_calls[:3])}"
+                      f"{', ...' if len(res.with_failed_calls) > 3 else ''}): see the lines above; they are not a "
+                      "measurement of their configuration", style="yellow", highlight=False, soft_wrap=True)
     console.print(f"next: mrw analyze {res.root}", highlight=False)
 
 
@@ -608,6 +615,46 @@ def anonymize(src: Path, output: Path, tokenizer_dir: Path | None, block_size: i
         raise click.UsageError("write the anonymised trace to a new file, not over the original")
     rep = anonymize_file(src, output, tokenizer_dir=tokenizer_dir, block_size=block_size)
     out.print(f"{output}: {rep.calls} calls, text removed, hash_ids of {block_size}-token blocks", highlight=False)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Trace to write.")
+@click.option("--copies", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Copies of every workflow, as separate as distinct workflows (more concurrent load).")
+@click.option("--stagger", "stagger_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds between the arrivals of successive copies.")
+@click.option("--out-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Output-length scale (docs/sweeps.md says how).")
+@click.option("--in-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Input-length scale.")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Model folder whose tokenizer recounts input_tokens (default: estimated from characters).")
+def transform(src: Path, output: Path, copies: int, stagger_s: float, out_scale: float, in_scale: float,
+              tokenizer_dir: Path | None) -> None:
+    """Make a trace of the same workload with more workflows or other lengths, deterministically
+    (same source and options, same bytes); what was done goes to the header's extra.transform."""
+    import hashlib
+
+    from mrw import transform as tf
+    from mrw.trace import dump, load, read_bytes
+
+    if output.resolve() == src.resolve():
+        raise click.UsageError("write the transformed trace to a new file, not over the original")
+    sha = hashlib.sha256(read_bytes(src)).hexdigest()
+    trace = load(src)
+    counter = tf.hf_token_counter(str(tokenizer_dir)) if tokenizer_dir else None
+    name = f"the tokenizer in {tokenizer_dir}" if tokenizer_dir else None
+    if out_scale != 1.0 or in_scale != 1.0 or counter is not None:
+        trace = tf.scale_trace(trace, out_scale, in_scale, count_tokens=counter, token_counter_name=name, source_sha256=sha)
+    if copies > 1:
+        trace = tf.replicate(trace, copies, stagger_s=stagger_s, count_tokens=counter, token_counter_name=name,
+                             source_sha256=sha)
+    from mrw import validate as v
+
+    v.raise_if_problems(v.check(trace.to_dict()), str(output))
+    dump(trace, output)
+    out.print(f"{output}: {len(trace.workflows)} workflows, {trace.n_calls} calls", highlight=False)
 
 
 def _tokenizer_opt(tokenizer_dir: Path | None):

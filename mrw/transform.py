@@ -39,8 +39,22 @@ Token counts
     vLLM applies them). Without one it is estimated: the recorded count plus the change in
     characters at the call's own characters-per-token rate. The header says which.
 
+Copies (`replicate`): more load of the same shape
+  - The study loads a GPU with tens of concurrent workflows; a recorded trace has a few.
+    `replicate(trace, k)` makes k copies of every workflow (ids suffixed `~1`, `~2`, ...;
+    copy 0 is the original), each copy arriving `stagger_s` after the previous one.
+  - Copies must not share more than separate workflows of the workload would. Text that
+    several source workflows share (a copilot's system prompt, an instruction template) is
+    kept, so copies share it too; text that only one source workflow has (its document
+    chunk, its query, its recorded outputs) gets a short copy tag in front (`[copy 3] `) in
+    copies 1.., so a prefix cache sees copy 3 diverge exactly where workflow 3 would. In a
+    text-free trace, a hash id that only one source workflow uses is re-derived per copy.
+    A single-workflow trace has nothing "shared": all of its text is tagged.
+  - `input_tokens` grows by the tag's tokens, estimated from the call's characters per
+    token (or recounted, with a token counter).
+
 Provenance goes to `header.extra["transform"]`: the scales (composed when a transformed
-trace is transformed again), the source trace's sha256 and how tokens were counted.
+trace is transformed again), copies, the source trace's sha256 and how tokens were counted.
 """
 
 from __future__ import annotations
@@ -165,8 +179,108 @@ class Scales:
         return self.out_scale == 1.0 and self.in_scale == 1.0
 
 
+def _estimate_input_tokens(before: Call, after: Call, old_outputs: Mapping[str, str], new_outputs: Mapping[str, str]) -> int:
+    """`before`'s recorded input_tokens plus the change in prompt characters, at `before`'s
+    own characters-per-token rate (no tokenizer at hand)."""
+    try:
+        n0 = len(before.render_prompt(old_outputs))
+        n1 = len(after.render_prompt(new_outputs))
+    except KeyError:  # a ref whose upstream kept no text: nothing to measure
+        return before.input_tokens
+    if n0 <= 0 or before.input_tokens <= 0:
+        return before.input_tokens
+    chars_per_token = n0 / before.input_tokens
+    return max(1, before.input_tokens + round((n1 - n0) / chars_per_token))
+
+
 def _resize_segments(segments: Iterable[dict], ratio: float) -> list[dict]:
     return [{"text": resize_text(s["text"], ratio)} if "text" in s else dict(s) for s in segments]
+
+
+def copy_id(x: str, k: int) -> str:
+    """The id of copy k of a workflow or call (copy 0 is the original)."""
+    return x if k == 0 else f"{x}~{k}"
+
+
+def _copy_hash(h: int, k: int) -> int:
+    return int.from_bytes(hashlib.blake2b(h.to_bytes(8, "big") + f"|mrw-copy{k}".encode(), digest_size=8).digest(), "big") >> 1
+
+
+def replicate(
+    trace: Trace,
+    copies: int,
+    *,
+    stagger_s: float = 0.0,
+    count_tokens: TokenCounter | None = None,
+    token_counter_name: str | None = None,
+    source_sha256: str | None = None,
+) -> Trace:
+    """`copies` copies of every workflow, as separate as distinct workflows (module docstring).
+
+    Order: all workflows of copy 0 (the originals), then of copy 1, ...; copy k arrives
+    `k * stagger_s` after the original."""
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    if stagger_s < 0:
+        raise ValueError(f"stagger must be >= 0 s, got {stagger_s}")
+    # What more than one source workflow has is shared; the rest is the workflow's own.
+    seen_in: dict[str | int, str] = {}
+    shared: set[str | int] = set()
+    for w in trace.workflows:
+        for c in w.calls:
+            keys: list[str | int] = [s["text"] for s in c.segments() if "text" in s]
+            keys += c.hash_ids or []
+            for key in keys:
+                if seen_in.setdefault(key, w.id) != w.id:
+                    shared.add(key)
+    old_outputs = trace.recorded_outputs()
+    workflows = list(copy.deepcopy(trace.workflows))
+    for k in range(1, copies):
+        tag = f"[copy {k}] "
+        for w0 in trace.workflows:
+            w = copy.deepcopy(w0)
+            w.id = copy_id(w0.id, k)
+            w.arrival_s = w0.arrival_s + k * stagger_s
+            for c in w.calls:
+                c.id = copy_id(c.id, k)
+                c.deps = [copy_id(d, k) for d in c.deps]
+                shift = k * stagger_s  # recorded times move with the arrival
+                c.t_issue, c.t_first_token, c.t_end = (None if t is None else t + shift for t in (c.t_issue, c.t_first_token, c.t_end))
+                if c.output is not None:
+                    c.output = tag + c.output
+                if c.hash_ids is not None:
+                    c.hash_ids = [h if h in shared else _copy_hash(h, k) for h in c.hash_ids]
+                segs = [m.content for m in c.messages] if c.messages is not None else [c.prompt] if c.prompt is not None else []
+                for content in segs:
+                    for i, s in enumerate(content):
+                        if "ref" in s:
+                            content[i] = {"ref": copy_id(s["ref"], k)}
+                        elif s["text"] not in shared and s["text"]:
+                            content[i] = {"text": tag + s["text"]}
+            new_outputs = {copy_id(cid, k): tag + out for cid, out in old_outputs.items()}
+            for c0, c in zip(w0.calls, w.calls):
+                if not c.has_text:
+                    continue
+                c.input_tokens = (count_tokens(c, new_outputs) if count_tokens is not None
+                                  else _estimate_input_tokens(c0, c, old_outputs, new_outputs))
+            workflows.append(w)
+    header = copy.deepcopy(trace.header)
+    prev = dict(header.extra.get("transform") or {})
+    header.extra = dict(header.extra)
+    header.extra["transform"] = {
+        **prev,
+        "method": "mrw.transform",
+        "version": TRANSFORM_VERSION,
+        "copies": int(prev.get("copies", 1)) * copies,
+        "steps": [*prev.get("steps", []), {"copies": copies, "stagger_s": stagger_s}],
+        "source_sha256": prev.get("source_sha256", source_sha256),
+        "copy_input_tokens": (
+            f"counted with {token_counter_name or 'a tokenizer'}" if count_tokens is not None
+            else "estimated from characters"
+        ),
+        "note": "recorded timestamps are those of the source recording",
+    }
+    return Trace(header=header, workflows=workflows)
 
 
 def scale_trace(
@@ -218,14 +332,7 @@ def scale_trace(
         if count_tokens is not None:
             c.input_tokens = count_tokens(c, new_outputs)
         elif not sc.identity:
-            try:
-                before = len(c0.render_prompt(old_outputs))
-                after = len(c.render_prompt(new_outputs))
-            except KeyError:  # a ref whose upstream kept no text: nothing to measure
-                before = after = 0
-            if before > 0 and c0.input_tokens > 0:
-                chars_per_token = before / c0.input_tokens
-                c.input_tokens = max(1, c0.input_tokens + round((after - before) / chars_per_token))
+            c.input_tokens = _estimate_input_tokens(c0, c, old_outputs, new_outputs)
             estimated += 1
 
     prev = dict(t.header.extra.get("transform") or {})

@@ -191,6 +191,15 @@ def read_run(path: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, An
     return meta, rows
 
 
+def first_call_error(path: str | os.PathLike) -> str:
+    """The error of the first failed call in a run directory, for a one-line report."""
+    _, rows = read_run(path)
+    for r in rows:
+        if not r.get("ok") and r.get("error"):
+            return f"first: {r.get('call_id')}: {str(r['error'])[:200]}"
+    return "no error recorded"
+
+
 def _alive(pid: Any, hostname: str | None) -> bool:
     if not isinstance(pid, int):
         return False

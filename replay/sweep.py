@@ -43,6 +43,7 @@ from typing import Any, Iterator, Sequence
 import orjson
 
 from mrw.errors import EngineError, KnobError, LaunchError, MrwError
+from mrw.replay.run import first_call_error
 from mrw.trace import write_atomic
 
 SWEEP_FORMAT = "mrw-sweep"
@@ -481,11 +482,13 @@ class PointState:
     duration_s: float | None = None
     error: str | None = None
     cap_effective_w: float | None = None
+    failed_calls: int = 0  # calls of a completed point that failed (an engine's 400, a timeout, ...)
 
     def to_dict(self) -> dict[str, Any]:
         d = self.point.to_dict()
         d.update(status=self.status, run_dir=self.run_dir, attempts=self.attempts, started=self.started,
-                 ended=self.ended, duration_s=self.duration_s, error=self.error, cap_effective_w=self.cap_effective_w)
+                 ended=self.ended, duration_s=self.duration_s, error=self.error, cap_effective_w=self.cap_effective_w,
+                 failed_calls=self.failed_calls)
         return d
 
 
@@ -942,6 +945,7 @@ class SweepResult:
     interrupted: str | None  # the point being run when a signal came
     launches: int
     wall_s: float
+    with_failed_calls: list[str] = field(default_factory=list)  # completed, but some calls failed
 
 
 class _Terminated(BaseException):
@@ -1107,6 +1111,7 @@ def run_sweep(cfg: SweepConfig, *, argv: list[str] | None = None, progress: bool
                 prevd = prev.get(s.point.name, {}) if old is not None else {}
                 for k in ("started", "ended", "duration_s", "cap_effective_w"):
                     setattr(s, k, prevd.get(k))
+                s.failed_calls = int(prevd.get("failed_calls") or 0)
             else:
                 todo.append(s)
         man.sessions.append({"started": _now(), "pid": os.getpid(), "to_run": len(todo)})
@@ -1130,6 +1135,7 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
     prog = SweepProgress(total, done_before, enabled=show)
     by_label = {t.label: t for t in traces}
     failed: list[str] = []
+    with_failed_calls: list[str] = []
     interrupted: str | None = None
     launches = 0
     model = None
@@ -1209,6 +1215,7 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
                 if outcome is not None:
                     s.status = outcome.status
                     s.error = outcome.error
+                    s.failed_calls = outcome.failed
                 if run_dir.exists() and (run_dir / "run.json").exists():
                     if knob_rec is not None:
                         _write_knobs(run_dir, knob_rec)
@@ -1219,6 +1226,10 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
                     prog.log(f"{p.name}: interrupted; finished points are kept, rerun the same command to resume")
                     raise KeyboardInterrupt
                 if s.status == "completed":
+                    if s.failed_calls:
+                        with_failed_calls.append(p.name)
+                        prog.log(f"{p.name}: completed, but {s.failed_calls} of {outcome.total} calls failed "  # type: ignore[union-attr]
+                                 f"({first_call_error(run_dir)}); `mrw analyze` leaves it out of the figures")
                     prog.point_done()
                 else:
                     failed.append(p.name)
@@ -1253,7 +1264,8 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
             man.sessions[-1]["status"] = man.status
             man.write()
     completed = sum(1 for s in man.states if s.status == "completed")
-    return SweepResult(root, total, completed, done_before, failed, interrupted, launches, time.perf_counter() - t_start)
+    return SweepResult(root, total, completed, done_before, failed, interrupted, launches, time.perf_counter() - t_start,
+                       with_failed_calls)
 
 
 def _write_knobs(run_dir: Path, rec: dict[str, Any]) -> None:

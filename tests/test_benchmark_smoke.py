@@ -68,6 +68,8 @@ def test_replay_bench_runs_end_to_end(tmp_path) -> None:
         assert r["lateness"]["received"] == r["schedule"]["n_calls"]
         assert r["own_report"]["ok"] == r["schedule"]["n_calls"]
         assert r["client"]["cpu_s_total"] > 0
+        st = r["server_stall_ms"]  # the server's own event-loop delays, from its 1 ms timer
+        assert st["samples"] > 100 and 0 <= st["p50_ms"] <= st["p99_ms"] <= st["max_ms"]
     assert "| independent@50/s | mrw |" in replay_bench.table(res)
 
 

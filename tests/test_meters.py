@@ -277,6 +277,36 @@ def test_process_meter_separates_harness_engine_and_system():
     assert any("no engine process" in n for n in m2.notes())
 
 
+def test_process_meter_keeps_cpu_time_of_an_engine_worker_that_exits_between_rows():
+    """Timeline rows come once a second, but the engine's workers are read every tick: a worker
+    that burns CPU and exits between two rows still counts (its parent reaps it, and a reaped
+    child's time would otherwise only show in the parent's children totals, which are not read)."""
+    code = ("import subprocess, sys, time\n"
+            "subprocess.run([sys.executable, '-c', 'import time\\nt=time.time()\\nwhile time.time()-t<0.6: pass'])\n"
+            "time.sleep(30)")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        import psutil
+
+        pp = psutil.Process(parent.pid)
+        deadline = time.monotonic() + 10
+        while not pp.children() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pp.children(), "the worker never started"
+        m = ProcessMeter(engine_pid=parent.pid)
+        m.open()
+        m.sample(0.0)  # a row: the next second's ticks only read the engine
+        t0 = time.monotonic()
+        while pp.children() and time.monotonic() - t0 < 10:
+            m.sample(0.5)  # a tick between rows (the last row was at 0.0)
+            time.sleep(0.05)
+        assert not pp.children(), "the worker never exited"
+        assert m.read()["process:engine"] > 0.3  # the exited worker's busy loop is counted
+    finally:
+        parent.kill()
+        parent.wait()
+
+
 # ------------------------------------------------------------------------------------- MeterSet
 
 

@@ -180,3 +180,36 @@ def test_energy_columns_from_finalised_meter_files(tmp_path):
     raw.pop("windows")
     cols_raw = st.energy_columns({"energy": raw}, run, out_tokens=100, all_tokens=300, workflows=2)
     assert cols_raw["energy_j"] == pytest.approx(cols["energy_j"]) and cols_raw["energy_domains"] == "gpu"
+
+
+def test_real_h200_excerpt_run_with_failed_calls_stays_in_the_table_and_out_of_the_figures(tmp_path):
+    """Two points of the H200 sweep in docs/results/h200-2026-11-30 (sweep 1): summarization,
+    every call ok, and copilot, 18 of 72 calls refused by vLLM (prompt over the context).
+    The table keeps both, each row agreeing with its run's own summary; the figures draw only
+    the run whose calls all finished, and the warning names the failed one and its cause."""
+    import io
+    import tarfile
+
+    from rich.console import Console
+
+    with tarfile.open(Path(__file__).parent / "data" / "h200-sweep-excerpt.tar.gz") as tf:
+        tf.extractall(tmp_path, filter="data")
+    root = tmp_path / "sweep"
+    buf = io.StringIO()
+    res = st.analyze_sweep(root, Console(file=buf, width=400), refresh=False)
+    ok, bad = "sum_x8-b32-len16384-capnone-out1-in1-r1", "cop_x6-b32-len16384-capnone-out1-in1-r1"
+    assert res["runs_with_failed_calls"] == [bad]
+    text = buf.getvalue()
+    assert f"warning: {bad}: 18 of 72 calls failed" in text and "maximum context length is 16384" in text
+    runs = pd.read_csv(root / "analysis" / "sweep_runs.csv").set_index("point")
+    assert runs.loc[bad, "requests_failed"] == 18 and runs.loc[ok, "requests_failed"] == 0
+    import orjson
+
+    s = orjson.loads((root / "runs" / ok / "summary.json").read_bytes())
+    assert runs.loc[ok, "output_tokens"] == s["tokens"]["output"] == 384 * 50  # 384 calls, 50 tokens each
+    assert runs.loc[ok, "energy_gpu_j"] > 0 and runs.loc[ok, "energy_domains"] == "gpu"  # NVML measured; no RAPL there
+    assert runs.loc[ok, "j_per_output_token"] == pytest.approx(runs.loc[ok, "energy_j"] / runs.loc[ok, "output_tokens"])
+    per_run = [f for f in res["figures"] if f["path"] and "/runs/" in f["path"]]
+    assert per_run and all(f"/runs/{ok}/" in f["path"] for f in per_run)  # nothing drawn for the failed run
+    timeline = next(f["path"] for f in per_run if f["path"].endswith("timeline.png"))
+    assert_png(timeline)

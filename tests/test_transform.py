@@ -131,3 +131,90 @@ def test_bad_scales_are_refused():
         tf.scale_trace(_trace(), out_scale=0)
     with pytest.raises(ValueError, match="in-scale must be > 0"):
         tf.scale_trace(_trace(), in_scale=-1)
+
+
+# ---------------------------------------------------------------------------- copies
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_copies_are_separate_workflows_that_share_only_what_the_workload_shares():
+    """On the recorded copilot trace: k copies keep the DAG and waits, rename ids, deps and
+    refs, arrive staggered, validate, and a prefix cache sees them share the system prompt
+    (the workload's shared part) but not each other's queries and documents."""
+    from mrw.prefix import block_hashes, hit_blocks
+    from mrw.trace import load
+
+    t = load(REPO / "traces" / "copilot.json.gz")
+    r = tf.replicate(t, 3, stagger_s=0.5, source_sha256="abc")
+    assert v.check(r.to_dict()) == []
+    assert len(r.workflows) == 3 * len(t.workflows) and r.n_calls == 3 * t.n_calls
+    assert [w.id for w in r.workflows[: len(t.workflows)]] == [w.id for w in t.workflows]  # copy 0 is the original
+    for k in (1, 2):
+        for w0, w in zip(t.workflows, r.workflows[k * len(t.workflows):]):
+            assert w.id == f"{w0.id}~{k}" and w.arrival_s == pytest.approx(w0.arrival_s + 0.5 * k)
+            for c0, c in zip(w0.calls, w.calls):
+                assert c.id == f"{c0.id}~{k}" and c.deps == [f"{d}~{k}" for d in c0.deps]
+                assert c.refs() == [f"{x}~{k}" for x in c0.refs()]
+                assert (c.node, c.wait_s, c.output_tokens) == (c0.node, c0.wait_s, c0.output_tokens)
+                assert c.t_issue == pytest.approx(c0.t_issue + 0.5 * k)
+                assert c0.input_tokens < c.input_tokens <= c0.input_tokens + 40  # the tags' few tokens
+                assert c.messages[0].content == c0.messages[0].content  # the shared system prompt
+    tr = r.header.extra["transform"]
+    assert (tr["copies"], tr["source_sha256"]) == (3, "abc")
+
+    def share(trace):
+        outs = trace.recorded_outputs()
+        hit, total = hit_blocks(block_hashes(list(c.render_prompt(outs).encode()), 64) for _, c in trace.calls())
+        return hit / total
+
+    # Copies of copilot hit on the system prompt as new sessions would: more sharing than the
+    # source, but far from the ~100% that verbatim copies give.
+    naive = copy.deepcopy(t)
+    for k in (1, 2):
+        for w0 in t.workflows:
+            w = copy.deepcopy(w0)
+            w.id = f"{w0.id}#{k}"
+            for c in w.calls:
+                c.id, c.deps = f"{c.id}#{k}", [f"{d}#{k}" for d in c.deps]
+                for m in c.messages:
+                    m.content = [{"ref": f'{s["ref"]}#{k}'} if "ref" in s else s for s in m.content]
+            naive.workflows.append(w)
+    naive_outs = {f"{cid}#{k}": o for cid, o in t.recorded_outputs().items() for k in (1, 2)}
+    naive_outs.update(t.recorded_outputs())
+    assert share(t) < share(r) < share(naive) - 0.05
+
+
+def test_copies_of_a_token_only_trace_keep_shared_hashes_and_fork_the_rest():
+    a = Call("w0/a", "n", [], 0.0, 64, 8, hash_ids=[1, 2, 3, 4])
+    b = Call("w1/a", "n", [], 0.0, 64, 8, hash_ids=[1, 2, 5, 6])
+    t = Trace(Header("x", format="mrw-trace", version=1, block_size=16),
+              [Workflow("w0", 0.0, [a]), Workflow("w1", 1.0, [b])])
+    r = tf.replicate(t, 2)
+    assert v.check(r.to_dict()) == []
+    c = r.workflows[2].calls[0]
+    assert c.id == "w0/a~1" and c.hash_ids[:2] == [1, 2] and set(c.hash_ids[2:]).isdisjoint({3, 4, 5, 6})
+    assert r.workflows[3].calls[0].hash_ids[2:] != c.hash_ids[2:]
+    assert dumps(tf.replicate(t, 2)) == dumps(r)  # deterministic
+    with pytest.raises(ValueError, match="copies must be >= 1"):
+        tf.replicate(t, 0)
+
+
+def test_mrw_transform_command_writes_a_valid_replicated_scaled_trace(tmp_path):
+    from click.testing import CliRunner
+
+    from mrw.cli import cli
+    from mrw.trace import load
+
+    out = tmp_path / "s.json.gz"
+    res = CliRunner().invoke(cli, ["transform", str(REPO / "traces" / "summarization.json.gz"), "-o", str(out),
+                                   "--copies", "4", "--stagger", "0.25", "--out-scale", "2"])
+    assert res.exit_code == 0, res.output
+    src, t = load(REPO / "traces" / "summarization.json.gz"), load(out)
+    assert len(t.workflows) == 4 * len(src.workflows)
+    assert sum(c.output_tokens for _, c in t.calls()) == 4 * 2 * sum(c.output_tokens for _, c in src.calls())
+    x = t.header.extra["transform"]
+    assert x["out_scale"] == 2.0 and x["copies"] == 4 and len(x["source_sha256"]) == 64
+    res = CliRunner().invoke(cli, ["transform", str(out), "-o", str(out)])
+    assert res.exit_code != 0 and "new file" in res.output

@@ -35,8 +35,9 @@ class ProcessMeter(Meter):
     name = "process"
     # Walking the process table for the engine's tree is the costly part (ms per walk with a
     # few hundred processes): it happens every TREE_REFRESH_S and at every mark. Reading the
-    # known processes' CPU times is cheap (~20 us each) and happens every tick, so a process
-    # that exits loses at most one tick of CPU time. Timeline rows: once per ROW_PERIOD_S.
+    # engine's known processes' CPU times is cheap (~20 us each) and happens every tick, so a
+    # process that exits loses at most one tick of CPU time. Timeline rows (and the harness
+    # and system readings): once per ROW_PERIOD_S.
     TREE_REFRESH_S = 5.0
     ROW_PERIOD_S = 1.0
 
@@ -127,9 +128,15 @@ class ProcessMeter(Meter):
         return out
 
     def sample(self, t: float) -> list[dict[str, Any]]:
-        vals = self.read()
         if t - self._row_at < self.ROW_PERIOD_S:
+            # Between rows only the engine's processes are read: one that exits takes its CPU
+            # time with it. The harness and the system totals are cumulative counters that
+            # lose nothing by being read once per row.
+            if self.engine_pid is not None:
+                with self._lock:
+                    self._engine_s_locked()
             return []
+        vals = self.read()
         self._row_at = t
         return [
             {"t_s": t, "source": "process", "device": ch.device, "cpu_s": vals[ch.name]}
