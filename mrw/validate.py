@@ -27,7 +27,6 @@ import json
 import threading
 from dataclasses import dataclass
 from importlib import resources
-from itertools import chain
 from operator import attrgetter
 from typing import Annotated, Any, Callable, Iterable, Literal
 
@@ -259,15 +258,25 @@ def _text_ok(c: Call) -> bool:
         raise ValueError("sampling does not match the schema")
     msgs, prompt, deps = c.messages, c.prompt, c.deps
     ok = msgs is None or prompt is None
-    for segs in chain([m.content for m in msgs] if msgs is not None else (), [prompt] if prompt is not None else ()):
-        for s in segs:
-            if len(s) != 1:
-                raise ValueError("a segment holds exactly one of 'text' or 'ref'")
+    if prompt is not None and not _segments_ok(prompt, deps):
+        ok = False
+    if msgs is not None:
+        for m in msgs:
+            if not _segments_ok(m.content, deps):
+                ok = False
+    return ok
+
+
+def _segments_ok(segs: list, deps: list[str]) -> bool:
+    ok = True
+    for s in segs:
+        if len(s) != 1:
+            raise ValueError("a segment holds exactly one of 'text' or 'ref'")
+        if "text" not in s:
             ref = s.get("ref")
             if ref is None:
-                if "text" not in s:
-                    raise ValueError("a segment holds exactly one of 'text' or 'ref'")
-            elif ref not in deps:
+                raise ValueError("a segment holds exactly one of 'text' or 'ref'")
+            if ref not in deps:
                 ok = False
     return ok
 
