@@ -168,8 +168,8 @@ class _WorkflowIn(Workflow):
 
 
 class _HeaderIn(Header, kw_only=True):
-    format: Literal["mrw-trace"]
-    version: Literal[1]  # FORMAT_VERSION; any other goes the slow way, through migrate()
+    format: Literal[FORMAT_NAME]
+    version: Literal[FORMAT_VERSION]  # any other goes the slow way, through migrate()
     block_size: Annotated[int, Meta(ge=1)] = None  # type: ignore[assignment]
 
 
