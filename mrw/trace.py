@@ -134,8 +134,8 @@ class Call(Struct, **_MODEL):
 
     @classmethod
     def from_dict(cls, d: dict) -> "Call":
-        """Build from a dict (missing fields take their defaults; numbers are coerced, so an
-        integer written as 3.0 is read as 3). Lists and dicts are taken over, not copied."""
+        """Build from a (schema-valid) dict: missing fields take their defaults, and numbers are
+        coerced the way the schema counts them (an integer written 3.0 is read as 3)."""
         return msgspec.convert(d, cls, strict=False)
 
 
