@@ -125,7 +125,7 @@ data = step("map", m.__enter__)  # what load does with a large file (a .gz: read
 got = step("decode+checks", v.decode, data)  # parse, structure check, build, semantic screen
 del data
 m.__exit__(None, None, None)
-problems = step("semantic report", v._semantic_report, got[0])  # the full walk an invalid trace costs
+problems = step("semantic report", v.semantic_report, got[0])  # the full walk an invalid trace costs
 import orjson
 print(orjson.dumps({"phases": out, "ok": got is not None and not got[1] and not problems}).decode())
 """

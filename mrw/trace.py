@@ -310,11 +310,14 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Trace:
     gc.disable()
     try:
         with _mapped(path) as data:
-            got = v.decode(data, report=validate)
+            got = v.decode(data, report=False)
             if got is None:
                 doc = parse(data, name)
+        # the file is closed (unmapped) before any report is built
         if got is not None:
             trace, problems = got
+            if problems is None:  # the screen doubts: the report says what is wrong, if anything
+                problems = v.semantic_report(trace) if validate else []
         else:
             doc = v.migrate(doc, name)
             if validate:

@@ -11,7 +11,7 @@ Two ways in, one set of rules:
   *fast structure check* may refuse a document the schema accepts (then the schema decides),
   never accept one it refuses (tests/test_validate_fast.py holds the two together). Where it
   refuses, jsonschema lists every problem with its path (`schema_problems`).
-- the semantic rules are stated once, over the Structs: `_semantic_report` lists every
+- the semantic rules are stated once, over the Structs: `semantic_report` lists every
   problem with its path, in document order. The dict API (`semantic_problems`, `check`) runs
   it on the Structs built from the dict. Before it, `_screen_workflow` screens each workflow
   as soon as msgspec has built it (so a million-call trace is not walked again, cold, after
@@ -201,7 +201,7 @@ def _screen_workflow(w: Workflow, screen: _Screen | None, model: type | None = N
 
     Structure (raises ValueError, which msgspec turns into a refusal): what no annotation
     says, in `_text_ok`. Semantics: a screen that clears `screen.ok` wherever the report
-    (`_semantic_report`, the one statement of the rules) might find a problem. It asks that
+    (`semantic_report`, the one statement of the rules) might find a problem. It asks that
     each dependency be an *earlier* call of the same workflow: then it exists, stays in its
     workflow, is not the call itself, and no cycle can form (a valid trace with a forward
     dependency only costs the report's walk)."""
@@ -326,21 +326,23 @@ def _whole_trace_ok(t: Trace, screen: _Screen) -> bool:
             and not (screen.hashed and t.header.block_size is None))
 
 
-def _finish(t: _TraceIn, screen: _Screen, report: bool = True) -> tuple[Trace, list[Problem]] | None:
+def _finish(t: _TraceIn, screen: _Screen, report: bool = True) -> tuple[Trace, list[Problem] | None] | None:
     h = t.header
     if not _header_ok(h):
         return None
     t.__class__ = Trace
     h.__class__ = Header
-    return t, ([] if not report or _whole_trace_ok(t, screen) else _semantic_report(t))
+    if _whole_trace_ok(t, screen):
+        return t, []
+    return t, (semantic_report(t) if report else None)
 
 
-def decode(data: Any, *, report: bool = True) -> tuple[Trace, list[Problem]] | None:
+def decode(data: Any, *, report: bool = True) -> tuple[Trace, list[Problem] | None] | None:
     """JSON bytes (or any buffer) to the model in one msgspec decode that parses, checks the
     structure and builds, with the semantic problems of the result (usually none: then only the
-    screen ran; `report=False` skips the rest and says none). None where the fast structure
-    check refuses the document: then `parse`, `migrate` and `schema_problems` say why, or
-    accept it after all."""
+    screen ran). With `report=False`, None in place of the problems where the screen doubts:
+    `semantic_report` says which, later. None where the fast structure check refuses the
+    document: then `parse`, `migrate` and `schema_problems` say why, or accept it after all."""
     screen = _local.screen = _Screen()
     try:
         t = _DECODER.decode(data)
@@ -396,7 +398,7 @@ def trace_problems(trace: Trace) -> list[Problem]:
         ok = _whole_trace_ok(trace, screen)
     except Exception:  # a trace built in code, outside the schema: the report decides
         ok = False
-    return [] if ok else _semantic_report(trace)
+    return [] if ok else semantic_report(trace)
 
 
 def semantic_problems(doc: dict) -> list[Problem]:
@@ -407,8 +409,8 @@ def semantic_problems(doc: dict) -> list[Problem]:
 _id = attrgetter("id")
 
 
-def _semantic_report(trace: Trace) -> list[Problem]:
-    """Ids unique, dependencies exist and form a DAG, refs point at dependencies, times
+def semantic_report(trace: Trace) -> list[Problem]:
+    """The semantic rules, walked call by call (`trace_problems` screens first). Ids unique, dependencies exist and form a DAG, refs point at dependencies, times
     consistent: every problem, with its path, in document order.
 
     JSON paths and the call -> workflow map are only built when a problem is found, and the

@@ -7,7 +7,7 @@ few, none), and the verdicts are compared, for bytes (`decode`, what `load` uses
 parsed document (`convert`, what `check` uses).
 
 Likewise the semantic screen (`_screen_workflow`, run on each workflow as it is decoded) must
-never pass a trace in which the semantic report (`_semantic_report`, the one statement of those
+never pass a trace in which the semantic report (`semantic_report`, the one statement of those
 rules) finds a problem."""
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def test_semantic_screen_never_passes_a_reported_problem(name: str) -> None:
     d = base()
     mutate(d)
     t = Trace.from_dict(d)
-    report = v._semantic_report(t)
+    report = v.semantic_report(t)
     if _screen_ok(t):
         assert report == [], "the screen passed a trace with problems"
     assert v.trace_problems(t) == report
@@ -208,7 +208,7 @@ def test_semantic_screen_passes_valid_traces() -> None:
     """Not vacuous: a valid trace whose deps all point backwards, with times, passes the screen."""
     for name in ("valid-text", "valid-hash", "no-times-no-text", "int-as-number"):
         t = Trace.from_dict(CASES[name][0]() if name.startswith("valid") else _mutated(name))
-        assert v._semantic_report(t) == [] and _screen_ok(t), name
+        assert v.semantic_report(t) == [] and _screen_ok(t), name
 
 
 def _mutated(name: str) -> dict:
@@ -260,7 +260,7 @@ def test_semantic_screen_on_random_traces() -> None:
     clean = passed = 0
     for _ in range(3000):
         t = _random_trace(rng)
-        report = v._semantic_report(t)
+        report = v.semantic_report(t)
         ok = _screen_ok(t)
         if ok:
             assert report == [], (t, report)
