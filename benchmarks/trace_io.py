@@ -4,11 +4,13 @@
     python -m benchmarks.trace_io --text               # short texts with refs instead
     python -m benchmarks.trace_io --calls 100000       # smaller
 
-Each measurement runs `mrw.trace.load` (read, parse, migrate, validate, build the dataclasses:
-exactly what `mrw replay` and `mrw validate` do) in a fresh child process, so its wall time
-and its peak RSS (ru_maxrss) are its own. It also times an invalid copy of the same trace,
-whose load must fail listing every problem with its JSON path (the slow, complete report
-only runs when the fast check finds something).
+Each measurement runs `mrw.trace.load` (read, decode into the msgspec model with the
+structure check, semantic checks: exactly what `mrw replay` does) in a fresh child process,
+so its wall time and its peak RSS (VmHWM) are its own. One more child times the phases of the
+fast path one by one (map the file; decode with the structure check and the semantic screen; and, for
+comparison, the complete semantic report that only runs when the screen doubts). It also times invalid copies of the same
+trace, whose load must fail listing every problem with its JSON path (the slow, complete
+report only runs when the fast check finds something).
 Results go to benchmarks/results/trace_io-<time>.json.
 """
 
@@ -108,8 +110,29 @@ print(orjson.dumps({"ok": ok, "calls": n, "import_s": t1 - t0, "load_s": t2 - t1
 """
 
 
-def measure(path: Path, python: str = sys.executable) -> dict:
-    out = subprocess.run([python, "-c", _CHILD, str(path)], capture_output=True, text=True, timeout=1800)
+_PHASES = r"""
+import gc, sys, time
+from mrw import trace as tr, validate as v
+gc.disable()
+out = {}
+def step(name, f, *a):
+    c, t = time.process_time(), time.perf_counter()
+    r = f(*a)
+    out[name] = {"s": time.perf_counter() - t, "cpu_s": time.process_time() - c}
+    return r
+m = tr._mapped(sys.argv[1])
+data = step("map", m.__enter__)  # what load does with a large file (a .gz: read + gunzip)
+got = step("decode+checks", v.decode, data)  # parse, structure check, build, semantic screen
+del data
+m.__exit__(None, None, None)
+problems = step("semantic report", v.semantic_report, got[0])  # the full walk an invalid trace costs
+import orjson
+print(orjson.dumps({"phases": out, "ok": got is not None and not got[1] and not problems}).decode())
+"""
+
+
+def measure(path: Path, python: str = sys.executable, child: str = _CHILD) -> dict:
+    out = subprocess.run([python, "-c", child, str(path)], capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise SystemExit(f"load of {path} crashed: {out.stderr[-2000:]}")
     return orjson.loads(out.stdout.strip().splitlines()[-1])
@@ -148,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = [measure(valid) for _ in range(a.repeat)]
     for r in runs:
         print(f"load+validate valid: {r['load_s']:.2f} s (CPU {r['load_cpu_s']:.2f} s), peak RSS {r['peak_rss_mb']:.0f} MB, ok={r['ok']}", flush=True)
+    phases = measure(valid, child=_PHASES)
+    print("phases (CPU s): " + ", ".join(f"{k} {x['cpu_s']:.2f}" for k, x in phases["phases"].items()), flush=True)
     res: dict = {
         "benchmark": "trace_io",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -160,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_load_s": min(r["load_s"] for r in runs),
         "best_load_cpu_s": min(r["load_cpu_s"] for r in runs),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "phases": phases["phases"],
     }
     if not a.no_invalid:
         res["invalid"] = {}

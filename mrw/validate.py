@@ -2,18 +2,39 @@
 
 Used by `mrw validate`, by `mrw.trace.load` (so the replayer never sees a bad trace) and by
 the trace-set unpacker. Every problem carries the JSON path where it was found.
+
+Two ways in, one set of rules:
+
+- bytes (`decode`, what `load` uses) or a parsed dict (`convert`, what `check` uses): msgspec
+  decodes into the trace Structs, whose annotations (and the stricter decode view below) carry
+  the schema's rules; `_text_ok` and `_header_ok` add the few that no annotation can say. This
+  *fast structure check* may refuse a document the schema accepts (then the schema decides),
+  never accept one it refuses (tests/test_validate_fast.py holds the two together). Where it
+  refuses, jsonschema lists every problem with its path (`schema_problems`).
+- the semantic rules are stated once, over the Structs: `semantic_report` lists every
+  problem with its path, in document order. The dict API (`semantic_problems`, `check`) runs
+  it on the Structs built from the dict. Before it, `_screen_workflow` screens each workflow
+  as soon as msgspec has built it (so a million-call trace is not walked again, cold, after
+  decoding); only where the screen doubts does the report walk the trace. The screen may doubt
+  a valid trace (a forward dependency), never pass one the report would fault (the same tests
+  hold it to the report).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import threading
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Iterable
+from operator import attrgetter
+from typing import Annotated, Any, Callable, Iterable, Literal
+
+import msgspec
+from msgspec import Meta
 
 from mrw.errors import TraceError
-from mrw.trace import FORMAT_NAME, FORMAT_VERSION
+from mrw.trace import FORMAT_NAME, FORMAT_VERSION, Call, Header, Message, Segment, Trace, Workflow
 
 # Slack for float round-off when comparing recorded times (seconds).
 TIME_EPS = 1e-3
@@ -63,9 +84,9 @@ def _workflow_validator():
 def schema_problems(doc: dict) -> list[Problem]:
     """Every schema violation, in document order.
 
-    A workflow that passes the fast check holds none, so jsonschema walks the header and only
-    the workflows the fast check refused: an invalid million-call trace is reported in
-    seconds, every problem still with its path."""
+    A workflow that passes the fast structure check holds none, so jsonschema walks the header
+    and only the workflows the fast check refused: an invalid million-call trace is reported
+    in seconds, every problem still with its path."""
     if type(doc) is dict and type(doc.get("workflows")) is list:
         top = dict(doc)
         top["workflows"] = []
@@ -116,153 +137,148 @@ def migrate(doc: dict, name: str = "<trace>") -> dict:
     return doc
 
 
-def semantic_problems(doc: dict) -> list[Problem]:
-    """Ids unique, dependencies exist and form a DAG, refs point at dependencies, times consistent.
-
-    One pass over the calls, written for million-call traces: JSON paths and the call ->
-    workflow map are only built when a problem is found, and the cycle search only runs on a
-    workflow where some call depends on a later one (or ids repeat): calls that only depend
-    on earlier calls cannot form a cycle."""
-    out: list[Problem] = []
-    header = doc.get("header", {})
-    block_size = header.get("block_size")
-    seen_wf: set[str] = set()
-    seen_call: dict[str, str] = {}
-    owner: dict | None = None
-    eps = TIME_EPS
-    for wi, wf in enumerate(doc.get("workflows", [])):
-        wid = wf.get("id")
-        if wid in seen_wf:
-            out.append(Problem(f"$.workflows[{wi}].id", f"duplicate workflow id {wid!r}"))
-        seen_wf.add(wid)
-        calls = wf.get("calls", [])
-        index: dict[str, int] = {}
-        for ci, c in enumerate(calls):
-            cid = c.get("id")
-            if cid in seen_call:
-                out.append(Problem(f"$.workflows[{wi}].calls[{ci}].id", f"duplicate call id {cid!r} (also in workflow {seen_call[cid]!r})"))
-            else:
-                seen_call[cid] = wid
-                index[cid] = ci
-        maybe_cycle = len(index) != len(calls)
-        arrival = wf.get("arrival_s", 0.0)
-        for ci, c in enumerate(calls):
-            cid = c.get("id")
-            deps = c.get("deps", [])
-            if deps:
-                if len(deps) > 1 and len(set(deps)) != len(deps):
-                    out.append(Problem(f"$.workflows[{wi}].calls[{ci}].deps", "lists a dependency twice"))
-                for di, d in enumerate(deps):
-                    j = index.get(d)
-                    if j is not None and d != cid:
-                        if j > ci:
-                            maybe_cycle = True
-                        continue
-                    if d == cid:
-                        out.append(Problem(f"$.workflows[{wi}].calls[{ci}].deps[{di}]", "a call cannot depend on itself"))
-                    else:
-                        if owner is None:
-                            owner = {c2.get("id"): w2.get("id") for w2 in doc.get("workflows", []) for c2 in w2.get("calls", [])}
-                        where = f" (it is in workflow {owner[d]!r}; dependencies stay inside a workflow)" if d in owner else ""
-                        out.append(Problem(f"$.workflows[{wi}].calls[{ci}].deps[{di}]", f"dependency {d!r} does not exist{where}"))
-            msgs = c.get("messages")
-            prompt = c.get("prompt")
-            if msgs is not None and prompt is not None:
-                out.append(Problem(f"$.workflows[{wi}].calls[{ci}]", "has both 'messages' and 'prompt'; keep one"))
-            if msgs is not None or prompt is not None:
-                for spath, seg in _segments(c, f"$.workflows[{wi}].calls[{ci}]"):
-                    ref = seg.get("ref") if isinstance(seg, dict) else None
-                    if ref is not None and ref not in deps:
-                        out.append(Problem(spath, f"refers to {ref!r}, which is not among this call's deps"))
-            if block_size is None and c.get("hash_ids") is not None:
-                out.append(Problem(f"$.workflows[{wi}].calls[{ci}].hash_ids", "hash_ids need header.block_size"))
-            t_i, t_f, t_e = c.get("t_issue"), c.get("t_first_token"), c.get("t_end")
-            if t_i is None and t_f is None and t_e is None:
-                continue
-            cpath = f"$.workflows[{wi}].calls[{ci}]"
-            if t_i is not None and t_e is not None and t_e + eps < t_i:
-                out.append(Problem(f"{cpath}.t_end", f"ends ({t_e}) before it is issued ({t_i})"))
-            if t_f is not None and t_i is not None and t_f + eps < t_i:
-                out.append(Problem(f"{cpath}.t_first_token", f"first token ({t_f}) before issue ({t_i})"))
-            if t_f is not None and t_e is not None and t_e + eps < t_f:
-                out.append(Problem(f"{cpath}.t_end", f"ends ({t_e}) before its first token ({t_f})"))
-            if t_i is not None:
-                if t_i + eps < arrival:
-                    out.append(Problem(f"{cpath}.t_issue", f"issued ({t_i}) before its workflow arrives ({arrival})"))
-                for d in deps:
-                    dj = index.get(d)
-                    dep_end = calls[dj].get("t_end") if dj is not None else None
-                    if dep_end is not None and t_i + eps < dep_end:
-                        out.append(Problem(f"{cpath}.t_issue", f"issued ({t_i}) before its dependency {d!r} ended ({dep_end})"))
-        if maybe_cycle:
-            out.extend(_cycle_problems(calls, index, f"$.workflows[{wi}]"))
-    return out
-
-
-def _segments(c: dict, cpath: str):
-    msgs = c.get("messages")
-    if isinstance(msgs, list):
-        for mi, m in enumerate(msgs):
-            for si, s in enumerate(m.get("content", []) if isinstance(m, dict) else []):
-                yield f"{cpath}.messages[{mi}].content[{si}]", s
-    prompt = c.get("prompt")
-    if isinstance(prompt, list):
-        for si, s in enumerate(prompt):
-            yield f"{cpath}.prompt[{si}]", s
-
-
-def _cycle_problems(calls: list[dict], index: dict[str, int], wpath: str) -> list[Problem]:
-    """Kahn's algorithm over the calls whose deps exist; whatever is left sits on a cycle."""
-    indeg = {cid: 0 for cid in index}
-    children: dict[str, list[str]] = {cid: [] for cid in index}
-    for c in calls:
-        cid = c.get("id")
-        if cid not in index:
-            continue
-        for d in set(c.get("deps", [])):
-            if d in index and d != cid:
-                indeg[cid] += 1
-                children[d].append(cid)
-    ready = [cid for cid, n in indeg.items() if n == 0]
-    while ready:
-        cid = ready.pop()
-        for ch in children[cid]:
-            indeg[ch] -= 1
-            if indeg[ch] == 0:
-                ready.append(ch)
-    stuck = sorted((cid for cid, n in indeg.items() if n > 0), key=lambda x: index[x])
-    if not stuck:
-        return []
-    return [Problem(f"{wpath}.calls[{index[stuck[0]]}].deps", f"dependency cycle among calls {stuck}")]
-
-
-def check(doc: dict) -> list[Problem]:
-    """Schema first; semantics only on a structurally sound document (they assume its shape).
-
-    The schema is checked in two steps: `structure_ok`, a hand-written walk that accepts
-    only documents the schema accepts (a million calls in well under a second), and, only
-    where it refuses, jsonschema's `iter_errors`, which lists every violation with its path
-    (and has the last word: the fast walk may refuse a rare valid form, never accept an
-    invalid one)."""
-    if not structure_ok(doc):
-        probs = schema_problems(doc)
-        if probs:
-            return probs
-    return semantic_problems(doc)
-
-
 # ---------------------------------------------------------------------------- fast structure check
-# A transcription of mrw/schema/trace-v1.schema.json for the common case. It may only be
-# stricter than the schema, never looser; tests/test_validate_fast.py holds the two together.
+# The decode's view of the model. The schema requires some fields that the model gives a default
+# (so that `Call("a/0", "x")` works), and refuses `null` where the model's "absent" is None.
+# These subclasses (same fields, same layout) make those fields required and non-null, so that
+# decoding into them checks what the schema checks; each decoded object then gets its model
+# class (`obj.__class__ = Call`: nothing is copied). msgspec refuses at the first problem and
+# says nothing of the others: a refusal only sends the document to jsonschema (schema_problems),
+# which lists them all.
 
-_HEADER_KEYS = frozenset(("format", "version", "workload", "generator", "recorded_against", "created",
-                          "mrw_version", "block_size", "description", "extra"))
-_WORKFLOW_KEYS = frozenset(("id", "arrival_s", "tags", "calls"))
-_CALL_KEYS = frozenset(("id", "node", "deps", "wait_s", "input_tokens", "output_tokens", "messages", "prompt",
-                        "sampling", "t_issue", "t_first_token", "t_end", "output", "hash_ids"))
-_CALL_REQUIRED = frozenset(("id", "node", "deps", "wait_s", "input_tokens", "output_tokens"))
-_ROLES = frozenset(("system", "user", "assistant", "tool", "developer"))
+
+class _CallIn(Call):
+    deps: list[str]
+    wait_s: Annotated[float, Meta(ge=0)]
+    input_tokens: Annotated[int, Meta(ge=0)]
+    output_tokens: Annotated[int, Meta(ge=0)]
+    messages: list[Message] = None  # type: ignore[assignment]  # absent, never null
+    prompt: list[Segment] = None  # type: ignore[assignment]
+    hash_ids: list[int] = None  # type: ignore[assignment]
+
+
+class _WorkflowIn(Workflow):
+    calls: Annotated[list[_CallIn], Meta(min_length=1)]
+
+    def __post_init__(self) -> None:
+        # Right after msgspec built this workflow, while its objects are still in the CPU's
+        # caches (a pass over a million cold objects costs more than the checks themselves).
+        _screen_workflow(self, getattr(_local, "screen", None), Call)
+        self.__class__ = Workflow
+
+
+class _HeaderIn(Header, kw_only=True):
+    format: Literal[FORMAT_NAME]
+    version: Literal[FORMAT_VERSION]  # any other goes the slow way, through migrate()
+    block_size: Annotated[int, Meta(ge=1)] = None  # type: ignore[assignment]
+
+
+class _TraceIn(Trace):
+    header: _HeaderIn
+    workflows: list[_WorkflowIn]
+
+
+_DECODER = msgspec.json.Decoder(_TraceIn)
+_local = threading.local()  # the _Screen of the decode running in this thread
 _RECORDED_AGAINST = ("engine", "engine_version", "model", "tokenizer")
+_NO = object()  # "not an earlier call of this workflow"
+
+
+class _Screen:
+    """What the per-workflow screens of one trace found, for the whole-trace rules after."""
+
+    __slots__ = ("ok", "ids", "n", "hashed")
+
+    def __init__(self) -> None:
+        self.ok = True  # no workflow needs the report
+        self.ids: list[str] = []  # every call id (one set at the end: cheaper than growing one)
+        self.n = 0  # calls
+        self.hashed = False  # some call has hash_ids
+
+
+def _screen_workflow(w: Workflow, screen: _Screen | None, model: type | None = None) -> None:
+    """One workflow's share of the fast checks (and, given `model`, each call gets that class).
+
+    Structure (raises ValueError, which msgspec turns into a refusal): what no annotation
+    says, in `_text_ok`. Semantics: a screen that clears `screen.ok` wherever the report
+    (`semantic_report`, the one statement of the rules) might find a problem. It asks that
+    each dependency be an *earlier* call of the same workflow: then it exists, stays in its
+    workflow, is not the call itself, and no cycle can form (a valid trace with a forward
+    dependency only costs the report's walk)."""
+    calls = w.calls
+    ends: dict = {}  # id of each call so far -> its t_end
+    get = ends.get
+    arrival = w.arrival_s
+    eps = TIME_EPS
+    no = _NO
+    ok = True
+    hashed = False
+    for c in calls:
+        ti = c.t_issue
+        te = c.t_end
+        tf = c.t_first_token
+        deps = c.deps
+        if ti is not None:
+            tie = ti + eps
+            if tie < arrival or (te is not None and te + eps < ti) or (tf is not None and tf + eps < ti):
+                ok = False
+            for d in deps:
+                de = get(d, no)
+                if de is no or (de is not None and tie < de):
+                    ok = False
+        else:
+            for d in deps:
+                if get(d, no) is no:
+                    ok = False
+        if tf is not None and te is not None and te + eps < tf:
+            ok = False
+        if len(deps) > 1 and len(set(deps)) != len(deps):
+            ok = False
+        ends[c.id] = te
+        if c.hash_ids is not None:
+            hashed = True
+        if c.messages is not None or c.prompt is not None or c.sampling:
+            ok = _text_ok(c) and ok
+        if model is not None:
+            c.__class__ = model
+    if screen is not None:
+        screen.ids.extend(ends)
+        screen.n += len(calls)
+        if not ok:
+            screen.ok = False
+        if hashed:
+            screen.hashed = True
+
+
+def _text_ok(c: Call) -> bool:
+    """Structure (raises ValueError): each segment holds exactly one key, "text" or "ref" (its
+    value a string by type); `sampling`'s typed keys. Semantics (False: the report looks):
+    not both messages and prompt; each ref is one of the call's deps."""
+    if c.sampling and not _sampling_ok(c.sampling):
+        raise ValueError("sampling does not match the schema")
+    msgs, prompt, deps = c.messages, c.prompt, c.deps
+    ok = msgs is None or prompt is None
+    if prompt is not None and not _segments_ok(prompt, deps):
+        ok = False
+    if msgs is not None:
+        for m in msgs:
+            if not _segments_ok(m.content, deps):
+                ok = False
+    return ok
+
+
+def _segments_ok(segs: list, deps: list[str]) -> bool:
+    ok = True
+    for s in segs:
+        if len(s) != 1:
+            raise ValueError("a segment holds exactly one of 'text' or 'ref'")
+        if "text" not in s:
+            ref = s.get("ref")
+            if ref is None:
+                raise ValueError("a segment holds exactly one of 'text' or 'ref'")
+            if ref not in deps:
+                ok = False
+    return ok
 
 
 def _num(x: Any) -> bool:
@@ -270,62 +286,7 @@ def _num(x: Any) -> bool:
     return t is float or t is int
 
 
-def _segments_ok(segs: Any) -> bool:
-    if type(segs) is not list:
-        return False
-    for s in segs:
-        if type(s) is not dict or len(s) != 1:
-            return False
-        v = s.get("text")
-        if v is None:
-            v = s.get("ref")
-        if type(v) is not str:
-            return False
-    return True
-
-
-def _header_ok(h: Any) -> bool:
-    if type(h) is not dict or not h.keys() <= _HEADER_KEYS:
-        return False
-    if h.get("format") != FORMAT_NAME or type(h.get("version")) is not int or h["version"] != 1:
-        return False
-    w = h.get("workload")
-    if type(w) is not str or not w:
-        return False
-    g = h.get("generator")
-    if g is not None:
-        if type(g) is not dict:
-            return False
-        if "name" in g and type(g["name"]) is not str:
-            return False
-        if "params" in g and type(g["params"]) is not dict:
-            return False
-        if "seed" in g and g["seed"] is not None and type(g["seed"]) is not int:
-            return False
-    elif "generator" in h:
-        return False
-    r = h.get("recorded_against")
-    if r is not None:
-        if type(r) is not dict:
-            return False
-        for k in _RECORDED_AGAINST:
-            if k in r and r[k] is not None and type(r[k]) is not str:
-                return False
-    elif "recorded_against" in h:
-        return False
-    for k in ("created", "mrw_version", "description"):
-        if k in h and type(h[k]) is not str:
-            return False
-    if "block_size" in h and (type(h["block_size"]) is not int or h["block_size"] < 1):
-        return False
-    if "extra" in h and type(h["extra"]) is not dict:
-        return False
-    return True
-
-
-def _sampling_ok(s: Any) -> bool:
-    if type(s) is not dict:
-        return False
+def _sampling_ok(s: dict) -> bool:
     for k, v in s.items():
         if k == "temperature":
             if not _num(v) or v < 0:
@@ -345,101 +306,224 @@ def _sampling_ok(s: Any) -> bool:
     return True
 
 
-def _call_ok(c: Any) -> bool:
-    if type(c) is not dict:
+def _header_ok(h: Header) -> bool:
+    """The typed keys inside `generator` and `recorded_against` (free-form dicts otherwise)."""
+    g = h.generator
+    if "name" in g and type(g["name"]) is not str:
         return False
-    keys = c.keys()
-    if not keys <= _CALL_KEYS:
+    if "params" in g and type(g["params"]) is not dict:
         return False
-    try:  # the required keys: a KeyError is a missing one
-        v = c["id"]
-        if type(v) is not str or not v or type(c["node"]) is not str:
-            return False
-        deps = c["deps"]
-        wait = c["wait_s"]
-        n_in = c["input_tokens"]
-        n_out = c["output_tokens"]
-    except KeyError:
+    if "seed" in g and g["seed"] is not None and type(g["seed"]) is not int:
         return False
-    if type(deps) is not list or type(n_in) is not int or n_in < 0 or type(n_out) is not int or n_out < 0:
-        return False
-    t = type(wait)
-    if (t is not float and t is not int) or wait < 0:
-        return False
-    for d in deps:
-        if type(d) is not str:
-            return False
-    if len(keys) == 6:
-        return True
-    for k in ("t_issue", "t_first_token", "t_end"):
-        v = c.get(k)
-        if v is not None:
-            t = type(v)
-            if (t is not float and t is not int) or v < 0:
-                return False
-    v = c.get("hash_ids")
-    if v is not None:
-        if type(v) is not list:
-            return False
-        for x in v:
-            if type(x) is not int:
-                return False
-    elif "hash_ids" in c:
-        return False
-    if len(keys) == 6 + ("t_issue" in c) + ("t_first_token" in c) + ("t_end" in c) + ("hash_ids" in c):
-        return True
-    v = c.get("messages")
-    if v is not None:
-        if type(v) is not list:
-            return False
-        for m in v:
-            if type(m) is not dict or len(m) != 2 or type(m.get("role")) is not str or m["role"] not in _ROLES \
-                    or not _segments_ok(m.get("content")):
-                return False
-    elif "messages" in c:
-        return False
-    if "prompt" in c and not _segments_ok(c["prompt"]):
-        return False
-    if "sampling" in c and not _sampling_ok(c["sampling"]):
-        return False
-    if "output" in c and c["output"] is not None and type(c["output"]) is not str:
-        return False
-    return True
+    r = h.recorded_against
+    return all(r.get(k) is None or type(r[k]) is str for k in _RECORDED_AGAINST)
+
+
+def _whole_trace_ok(t: Trace, screen: _Screen) -> bool:
+    """The screen's verdict with the rules that span workflows."""
+    wfs = t.workflows
+    return (screen.ok and len(set(screen.ids)) == screen.n and len(set(map(_id, wfs))) == len(wfs)
+            and not (screen.hashed and t.header.block_size is None))
+
+
+def _finish(t: _TraceIn, screen: _Screen, report: bool = True) -> tuple[Trace, list[Problem] | None] | None:
+    h = t.header
+    if not _header_ok(h):
+        return None
+    t.__class__ = Trace
+    h.__class__ = Header
+    if _whole_trace_ok(t, screen):
+        return t, []
+    return t, (semantic_report(t) if report else None)
+
+
+def decode(data: Any, *, report: bool = True) -> tuple[Trace, list[Problem] | None] | None:
+    """JSON bytes (or any buffer) to the model in one msgspec decode that parses, checks the
+    structure and builds, with the semantic problems of the result (usually none: then only the
+    screen ran). With `report=False`, None in place of the problems where the screen doubts:
+    `semantic_report` says which, later. None where the fast structure check refuses the
+    document: then `parse`, `migrate` and `schema_problems` say why, or accept it after all."""
+    screen = _local.screen = _Screen()
+    try:
+        t = _DECODER.decode(data)
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+    finally:
+        _local.screen = None
+    return _finish(t, screen, report)
+
+
+def convert(doc: Any) -> tuple[Trace, list[Problem]] | None:
+    """`decode` for an already-parsed document (its dicts and strings are shared, not copied)."""
+    screen = _local.screen = _Screen()
+    try:
+        t = msgspec.convert(doc, _TraceIn)
+    except msgspec.ValidationError:
+        return None
+    finally:
+        _local.screen = None
+    return _finish(t, screen)
 
 
 def _workflow_ok(w: Any) -> bool:
-    if type(w) is not dict or not w.keys() <= _WORKFLOW_KEYS:
+    """The fast structure check of one workflow (for schema_problems)."""
+    try:
+        msgspec.convert(w, _WorkflowIn)
+    except msgspec.ValidationError:
         return False
-    v = w.get("id")
-    if type(v) is not str or not v:
-        return False
-    v = w.get("arrival_s")
-    if not _num(v) or v < 0:
-        return False
-    if "tags" in w and type(w["tags"]) is not dict:
-        return False
-    calls = w.get("calls")
-    if type(calls) is not list or not calls:
-        return False
-    call_ok = _call_ok
+    return True
+
+
+def check(doc: Any) -> list[Problem]:
+    """Every problem of a parsed (and migrated) document: the schema's first; the semantic
+    rules only on a structurally sound document (they assume its shape)."""
+    got = convert(doc)
+    if got is not None:
+        return got[1]
+    probs = schema_problems(doc)
+    if probs:
+        return probs
+    return trace_problems(Trace.from_dict(doc))  # valid, in a form the fast check refuses (say 3.0 tokens)
+
+
+# ---------------------------------------------------------------------------- semantic rules
+
+
+def trace_problems(trace: Trace) -> list[Problem]:
+    """The semantic rules over a trace built any way; every problem with its JSON path."""
+    screen = _Screen()
+    try:
+        for w in trace.workflows:
+            _screen_workflow(w, screen)
+        ok = _whole_trace_ok(trace, screen)
+    except Exception:  # a trace built in code, outside the schema: the report decides
+        ok = False
+    return [] if ok else semantic_report(trace)
+
+
+def semantic_problems(doc: dict) -> list[Problem]:
+    """`trace_problems` of a schema-valid document."""
+    return trace_problems(Trace.from_dict(doc))
+
+
+_id = attrgetter("id")
+
+
+def semantic_report(trace: Trace) -> list[Problem]:
+    """The semantic rules, walked call by call (`trace_problems` screens first). Ids unique, dependencies exist and form a DAG, refs point at dependencies, times
+    consistent: every problem, with its path, in document order.
+
+    JSON paths and the call -> workflow map are only built when a problem is found, and the
+    cycle search only runs on a workflow where some call depends on a later one (or ids
+    repeat): calls that only depend on earlier calls cannot form a cycle."""
+    out: list[Problem] = []
+    block_size = trace.header.block_size
+    seen_wf: set[str] = set()
+    seen_call: dict[str, str] = {}
+    owner: dict | None = None
+    eps = TIME_EPS
+    for wi, wf in enumerate(trace.workflows):
+        wid = wf.id
+        if wid in seen_wf:
+            out.append(Problem(f"$.workflows[{wi}].id", f"duplicate workflow id {wid!r}"))
+        seen_wf.add(wid)
+        calls = wf.calls
+        index: dict[str, int] = {}
+        for ci, c in enumerate(calls):
+            cid = c.id
+            if cid in seen_call:
+                out.append(Problem(f"$.workflows[{wi}].calls[{ci}].id", f"duplicate call id {cid!r} (also in workflow {seen_call[cid]!r})"))
+            else:
+                seen_call[cid] = wid
+                index[cid] = ci
+        maybe_cycle = len(index) != len(calls)
+        arrival = wf.arrival_s
+        for ci, c in enumerate(calls):
+            cid = c.id
+            deps = c.deps
+            if deps:
+                if len(deps) > 1 and len(set(deps)) != len(deps):
+                    out.append(Problem(f"$.workflows[{wi}].calls[{ci}].deps", "lists a dependency twice"))
+                for di, d in enumerate(deps):
+                    j = index.get(d)
+                    if j is not None and d != cid:
+                        if j > ci:
+                            maybe_cycle = True
+                        continue
+                    if d == cid:
+                        out.append(Problem(f"$.workflows[{wi}].calls[{ci}].deps[{di}]", "a call cannot depend on itself"))
+                    else:
+                        if owner is None:
+                            owner = {c2.id: w2.id for w2 in trace.workflows for c2 in w2.calls}
+                        where = f" (it is in workflow {owner[d]!r}; dependencies stay inside a workflow)" if d in owner else ""
+                        out.append(Problem(f"$.workflows[{wi}].calls[{ci}].deps[{di}]", f"dependency {d!r} does not exist{where}"))
+            msgs = c.messages
+            prompt = c.prompt
+            if msgs is not None and prompt is not None:
+                out.append(Problem(f"$.workflows[{wi}].calls[{ci}]", "has both 'messages' and 'prompt'; keep one"))
+            if msgs is not None or prompt is not None:
+                for spath, seg in _segments(c, f"$.workflows[{wi}].calls[{ci}]"):
+                    ref = seg.get("ref")
+                    if ref is not None and ref not in deps:
+                        out.append(Problem(spath, f"refers to {ref!r}, which is not among this call's deps"))
+            if block_size is None and c.hash_ids is not None:
+                out.append(Problem(f"$.workflows[{wi}].calls[{ci}].hash_ids", "hash_ids need header.block_size"))
+            t_i, t_f, t_e = c.t_issue, c.t_first_token, c.t_end
+            if t_i is None and t_f is None and t_e is None:
+                continue
+            cpath = f"$.workflows[{wi}].calls[{ci}]"
+            if t_i is not None and t_e is not None and t_e + eps < t_i:
+                out.append(Problem(f"{cpath}.t_end", f"ends ({t_e}) before it is issued ({t_i})"))
+            if t_f is not None and t_i is not None and t_f + eps < t_i:
+                out.append(Problem(f"{cpath}.t_first_token", f"first token ({t_f}) before issue ({t_i})"))
+            if t_f is not None and t_e is not None and t_e + eps < t_f:
+                out.append(Problem(f"{cpath}.t_end", f"ends ({t_e}) before its first token ({t_f})"))
+            if t_i is not None:
+                if t_i + eps < arrival:
+                    out.append(Problem(f"{cpath}.t_issue", f"issued ({t_i}) before its workflow arrives ({arrival})"))
+                for d in deps:
+                    dj = index.get(d)
+                    dep_end = calls[dj].t_end if dj is not None else None
+                    if dep_end is not None and t_i + eps < dep_end:
+                        out.append(Problem(f"{cpath}.t_issue", f"issued ({t_i}) before its dependency {d!r} ended ({dep_end})"))
+        if maybe_cycle:
+            out.extend(_cycle_problems(calls, index, f"$.workflows[{wi}]"))
+    return out
+
+
+def _segments(c: Call, cpath: str):
+    if c.messages is not None:
+        for mi, m in enumerate(c.messages):
+            for si, s in enumerate(m.content):
+                yield f"{cpath}.messages[{mi}].content[{si}]", s
+    if c.prompt is not None:
+        for si, s in enumerate(c.prompt):
+            yield f"{cpath}.prompt[{si}]", s
+
+
+def _cycle_problems(calls: list[Call], index: dict[str, int], wpath: str) -> list[Problem]:
+    """Kahn's algorithm over the calls whose deps exist; whatever is left sits on a cycle."""
+    indeg = {cid: 0 for cid in index}
+    children: dict[str, list[str]] = {cid: [] for cid in index}
     for c in calls:
-        if not call_ok(c):
-            return False
-    return True
-
-
-def structure_ok(doc: Any) -> bool:
-    """True only if `doc` satisfies the trace schema (a False means: ask jsonschema)."""
-    if type(doc) is not dict or len(doc) != 2 or not _header_ok(doc.get("header")):
-        return False
-    wfs = doc.get("workflows")
-    if type(wfs) is not list:
-        return False
-    wf_ok = _workflow_ok
-    for w in wfs:
-        if not wf_ok(w):
-            return False
-    return True
+        cid = c.id
+        if cid not in index:
+            continue
+        for d in set(c.deps):
+            if d in index and d != cid:
+                indeg[cid] += 1
+                children[d].append(cid)
+    ready = [cid for cid, n in indeg.items() if n == 0]
+    while ready:
+        cid = ready.pop()
+        for ch in children[cid]:
+            indeg[ch] -= 1
+            if indeg[ch] == 0:
+                ready.append(ch)
+    stuck = sorted((cid for cid, n in indeg.items() if n > 0), key=lambda x: index[x])
+    if not stuck:
+        return []
+    return [Problem(f"{wpath}.calls[{index[stuck[0]]}].deps", f"dependency cycle among calls {stuck}")]
 
 
 def raise_if_problems(problems: list[Problem], name: str) -> None:

@@ -206,7 +206,7 @@ def test_live_refs_splice_the_live_output(vllm_url, small_trace, replay_model_di
 def test_many_concurrent_workflows_respect_dependencies(vllm_url, replay_model_dir, tmp_path):
     """40 copies of the chain + fan-out workflows, all arriving at once, no waits: the engine
     is saturated and the scheduler must still issue no call before its dependencies ended."""
-    from dataclasses import replace
+    from msgspec.structs import replace
 
     from mrw.trace import Trace, Workflow, dump
 

@@ -13,7 +13,8 @@ import pytest
 from mrw import validate as v
 from mrw.errors import TraceError
 from mrw.info import trace_info
-from mrw.trace import Call, Message, Trace, Workflow, dump, load, new_header
+from mrw.trace import Call, Header, Message, Trace, Workflow, dump, load, new_header
+from trace_cases import CASES, EXPECTED
 
 SYSTEM = "You are a careful summarizer. " * 20
 
@@ -44,7 +45,10 @@ def test_round_trip(tmp_path, suffix) -> None:
     if suffix.endswith(".gz"):
         assert gzip.decompress(p.read_bytes())[:1] == b"{"
     back = load(p)
-    assert back.to_dict() == t.to_dict()
+    assert back == t and back.to_dict() == t.to_dict()
+    assert type(back) is Trace and type(back.header) is Header
+    assert all(type(w) is Workflow for w in back.workflows) and all(type(c) is Call for _, c in back.calls())
+    assert all(type(m) is Message for _, c in back.calls() for m in c.messages)
     assert back.workflows[0].calls[1].render_messages(back.recorded_outputs())[1]["content"] == (
         "Summary: First summary of part one. Next: part two."
     )
@@ -145,3 +149,116 @@ def test_written_trace_is_readable_by_others(tmp_path) -> None:
     """mkstemp makes 0600 files; a trace is for sharing, so dump leaves it 0644."""
     p = dump(sample_trace(), tmp_path / "t.json")
     assert p.stat().st_mode & 0o777 == 0o644
+
+
+# ---------------------------------------------------------------------------- load, case by case
+
+
+def _case_file(tmp_path, name: str, suffix: str):
+    base, mutate = CASES[name]
+    d = base()
+    r = mutate(d)
+    data = r if isinstance(r, bytes) else orjson.dumps(d)
+    p = tmp_path / f"{name}{suffix}"
+    p.write_bytes(gzip.compress(data, mtime=0) if suffix.endswith(".gz") else data)
+    return p, (None if isinstance(r, bytes) else d)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".json.gz", ".json(mapped)"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_load_says_what_the_previous_loader_said(tmp_path, monkeypatch, name, suffix) -> None:
+    """Every case loads, or is refused with the same line and the same problems at the same
+    paths, as with the loader before the msgspec model. Large files are memory-mapped, not
+    read: "(mapped)" lowers that threshold so that these small files are too."""
+    if suffix.endswith("(mapped)"):
+        import mrw.trace
+
+        monkeypatch.setattr(mrw.trace, "_MAP_MIN", 1)
+        suffix = ".json"
+    p, d = _case_file(tmp_path, name, suffix)
+    exp = EXPECTED[name]
+    if exp[0] == "ok":
+        t = load(p)
+        assert t.n_calls == exp[1]
+        assert t == Trace.from_dict(d)
+        return
+    with pytest.raises(TraceError) as e:
+        load(p)
+    assert str(e.value).replace(str(p), "FILE") == exp[1]
+    assert [(x.path, x.message) for x in e.value.problems] == exp[2]
+    if d is not None and exp[2]:  # the dict API (mrw validate, trace sets, importers) agrees
+        assert [(x.path, x.message) for x in v.check(v.migrate(d))] == exp[2]
+
+
+def test_valid_trace_loads_every_field_as_written(tmp_path) -> None:
+    """The fast path builds exactly the document: each field's value and type, defaults only
+    where the file leaves a field out."""
+    for name in ("valid-text", "valid-hash"):
+        p, d = _case_file(tmp_path, name, ".json")
+        assert v.decode(p.read_bytes()) == (Trace.from_dict(d), []), "a plain valid trace takes the fast path"
+        t = load(p)
+        for w, wd in zip(t.workflows, d["workflows"], strict=True):
+            assert (w.id, w.arrival_s, w.tags) == (wd["id"], wd["arrival_s"], wd.get("tags", {}))
+            assert type(w.arrival_s) is float
+            for c, cd in zip(w.calls, wd["calls"], strict=True):
+                for f in Call.__struct_fields__:
+                    got, want = getattr(c, f), cd.get(f, {"sampling": {}}.get(f))
+                    if f == "messages":
+                        got = [m.to_dict() for m in got] if got is not None else None
+                    assert got == want, (c.id, f)
+                    assert want is None or type(got) is type(want) or f in ("wait_s", "t_issue", "t_first_token", "t_end"), (c.id, f)
+                assert type(c.wait_s) is float and type(c.input_tokens) is int and type(c.output_tokens) is int
+        h = d["header"]
+        assert t.header.to_dict() == {k: h[k] for k in ("format", "version", "workload", "generator", "recorded_against",
+                                                         "created", "mrw_version", "block_size", "description", "extra") if k in h}
+
+
+def test_validate_false_skips_the_semantic_rules_only(tmp_path) -> None:
+    p, _ = _case_file(tmp_path, "cycle", ".json")
+    t = load(p, validate=False)
+    assert t.n_calls == 7 and type(t.workflows[0].calls[0]) is Call
+    p, _ = _case_file(tmp_path, "float-as-int", ".json")  # the complete path, unchecked
+    assert load(p, validate=False).workflows[0].calls[0].input_tokens == 128
+
+
+def test_integers_written_as_floats_load_as_integers(tmp_path) -> None:
+    """The schema counts 3.0 as an integer and msgspec's strict decode does not: such a file
+    goes the complete way, and loads with integers."""
+    p, d = _case_file(tmp_path, "float-as-int", ".json")
+    assert v.decode(p.read_bytes()) is None
+    t = load(p)
+    c = t.workflows[0].calls[0]
+    assert (c.input_tokens, c.hash_ids, t.header.block_size, t.header.version) == (128, [1, 2], 64, 1)
+    assert type(c.input_tokens) is int and [type(x) for x in c.hash_ids] == [int, int]
+    assert type(t.header.block_size) is int and type(t.header.version) is int
+    assert type(t) is Trace and type(c) is Call
+
+
+def test_dump_load_round_trip_is_exact_for_every_valid_case(tmp_path) -> None:
+    for name, exp in EXPECTED.items():
+        if exp[0] != "ok":
+            continue
+        _, d = _case_file(tmp_path, name, ".json")
+        t = Trace.from_dict(d)
+        for suffix in (".json", ".json.gz"):
+            back = load(dump(t, tmp_path / f"rt-{name}{suffix}"))
+            assert back == t, name
+            assert dump(back, tmp_path / f"rt2-{name}{suffix}").read_bytes() == (tmp_path / f"rt-{name}{suffix}").read_bytes()
+        assert v.schema_problems(orjson.loads((tmp_path / f"rt-{name}.json").read_bytes())) == []
+
+
+def test_constructors_keep_their_defaults_and_positions() -> None:
+    c = Call("x", "n")
+    assert (c.deps, c.wait_s, c.input_tokens, c.output_tokens, c.messages, c.sampling, c.t_issue, c.hash_ids) == ([], 0.0, 0, 0, None, {}, None, None)
+    assert Call("x", "n").deps is not Call("y", "n").deps
+    c2 = Call("x", "n", ["a"], 0.5, 3, 4, None, [{"text": "p"}], {"seed": 1}, 1.0, 2.0, 3.0, "out", [7])
+    assert c2.to_dict() == {"id": "x", "node": "n", "deps": ["a"], "wait_s": 0.5, "input_tokens": 3, "output_tokens": 4,
+                            "prompt": [{"text": "p"}], "sampling": {"seed": 1}, "t_issue": 1.0, "t_first_token": 2.0,
+                            "t_end": 3.0, "output": "out", "hash_ids": [7]}
+    h = Header("w")
+    assert (h.format, h.version, h.block_size, h.generator, h.description) == ("mrw-trace", 1, None, {}, "")
+    assert Workflow("w", 0.0, [c]).tags == {}
+    import msgspec
+
+    assert msgspec.structs.replace(c2, id="z").id == "z" and c2.id == "x"
+    assert copy.deepcopy(c2) == c2 and copy.deepcopy(c2).deps is not c2.deps

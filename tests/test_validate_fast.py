@@ -1,16 +1,25 @@
-"""The fast structure check (mrw.validate.structure_ok) never accepts what the schema refuses.
+"""The fast checks never accept what the complete ones refuse.
 
-It runs before jsonschema on every load; if it ever said yes to an invalid document, a bad
-trace would reach the replayer. Each mutation below breaks one rule of the schema (or, for
-the last few, none), and the two verdicts are compared."""
+The fast structure check (msgspec decoding into the trace Structs, plus `mrw.validate._admit`)
+runs before jsonschema on every load; if it ever said yes to an invalid document, a bad trace
+would reach the replayer. Each mutation below breaks one rule of the schema (or, for the last
+few, none), and the verdicts are compared, for bytes (`decode`, what `load` uses) and for a
+parsed document (`convert`, what `check` uses).
+
+Likewise the semantic screen (`_screen_workflow`, run on each workflow as it is decoded) must
+never pass a trace in which the semantic report (`semantic_report`, the one statement of those
+rules) finds a problem."""
 
 from __future__ import annotations
 
 import copy
 
+import orjson
 import pytest
+from trace_cases import CASES
 
 from mrw import validate as v
+from mrw.trace import Call, Header, Message, Trace, Workflow
 
 
 def doc() -> dict:
@@ -66,24 +75,59 @@ MUTATIONS = [
     _set(C0 + ("sampling", "top_p"), 1.5), _set(C0 + ("sampling", "max_tokens"), 0), _set(C0 + ("sampling", "stop"), 3),
     _set(C0 + ("sampling",), []), _set(C0 + ("t_issue",), -1), _set(C0 + ("t_end",), "1"), _set(C0 + ("output",), 3),
     _set(C1 + ("hash_ids", 0), "1"), _set(C1 + ("hash_ids",), None), _set(C1 + ("hash_ids", 1), True), _set(C0 + ("bogus",), 1),
+    # what the model has a default for, or None as "absent", but the schema requires or refuses
+    _set(C0 + ("deps",), _DEL), _set(C0 + ("wait_s",), _DEL), _set(C0 + ("input_tokens",), _DEL), _set(H + ("format",), _DEL),
+    _set(H + ("version",), _DEL), _set(H + ("block_size",), None), _set(C1 + ("prompt",), None), _set(C0 + ("sampling",), None),
+    _set(W + ("tags",), None), _set(H + ("generator",), None), _set(H + ("description",), None), _set(C0 + ("node",), _DEL),
+    _set(C0 + ("messages", 0, "content", 0), {}), _set(C0 + ("messages", 0, "content", 0), {"ref": None}),
+    _set(C1 + ("prompt", 0), {"ref": "a", "x": "y"}), _set(C0 + ("messages", 0, "content"), None),
+    _set(C0 + ("messages", 0, "role"), _DEL), _set(C0 + ("sampling", "temperature"), True), _set(C0 + ("sampling", "top_p"), "1"),
+    _set(C0 + ("sampling", "max_tokens"), 1.5), _set(C0 + ("sampling", "seed"), 1.5), _set(C0 + ("sampling", "stop"), {}),
+    _set(H + ("generator", "name"), 1), _set(H + ("recorded_against",), []), _set(H + ("recorded_against", "tokenizer"), 3),
+    _set(H + ("version",), "1"), _set(H + ("version",), 0), _set(W + ("arrival_s",), True), _set(C0 + ("t_first_token",), True),
+    _set(C0 + ("output",), ["x"]), _set(("header",), _DEL), _set(("workflows",), _DEL), _set(W + ("calls", 0), []),
+    _set(W + ("calls", 0), None),
     # valid variants (the fast check may refuse them; the schema has the last word)
     _set(C0 + ("sampling", "top_k"), 5), _set(H + ("generator",), {}), _set(C1 + ("t_end",), 0), _set(W + ("arrival_s",), 2.5),
-    _set(C1 + ("messages",), None),
+    _set(C1 + ("messages",), None), _set(C0 + ("input_tokens",), 3.0), _set(H + ("version",), 1.0), _set(C1 + ("hash_ids", 0), 1.0),
+    _set(C0 + ("sampling", "max_tokens"), None), _set(C0 + ("sampling", "stop"), "x"), _set(H + ("generator", "extra"), [1]),
+    _set(H + ("recorded_against", "gpu"), 1), _set(C0 + ("t_issue",), 0), _set(C0 + ("messages", 0, "content"), []),
 ]
 
 
 def test_valid_document_passes_fast() -> None:
     d = doc()
-    assert v.structure_ok(d)
     assert v.schema_problems(d) == []
+    for t, problems in (v.convert(d), v.decode(orjson.dumps(d))):
+        assert problems == []
+        assert type(t) is Trace and type(t.header) is Header
+        assert {type(w) for w in t.workflows} == {Workflow} and {type(c) for _, c in t.calls()} == {Call}
+        assert t == Trace.from_dict(d)
 
 
 @pytest.mark.parametrize("i", range(len(MUTATIONS)))
 def test_fast_check_never_looser_than_schema(i: int) -> None:
     d = copy.deepcopy(doc())
     MUTATIONS[i](d)
-    if v.structure_ok(d):
-        assert v.schema_problems(d) == [], "fast check accepted a document the schema refuses"
+    schema_ok = v.schema_problems(d) == []
+    if v.convert(copy.deepcopy(d)) is not None:
+        assert schema_ok, "convert accepted a document the schema refuses"
+    if v.decode(orjson.dumps(d)) is not None:
+        assert schema_ok, "decode accepted a document the schema refuses"
+    # and where the fast check refuses a valid document, the complete path still takes it
+    assert v.check(d) == (v.semantic_problems(d) if schema_ok else v.schema_problems(d))
+
+
+def test_fast_check_refuses_what_it_should() -> None:
+    """Not vacuous: most of the invalid mutations are refused by the fast check itself."""
+    refused = 0
+    for m in MUTATIONS:
+        d = copy.deepcopy(doc())
+        m(d)
+        if v.schema_problems(d):
+            assert v.decode(orjson.dumps(d)) is None
+            refused += 1
+    assert refused > 80
 
 
 def test_invalid_documents_still_get_every_problem_with_its_path() -> None:
@@ -119,3 +163,108 @@ def test_schema_report_is_the_full_jsonschema_report() -> None:
     full = sorted((v._json_path(e.absolute_path), e.message) for e in v._validator().iter_errors(d))
     assert sorted((p.path, p.message) for p in v.schema_problems(d)) == full
     assert len(full) == 3
+
+
+# ---------------------------------------------------------------------------- semantic screen
+
+
+def _screen_ok(t: Trace) -> bool:
+    screen = v._Screen()
+    for w in t.workflows:
+        v._screen_workflow(w, screen)
+    return v._whole_trace_ok(t, screen)
+
+
+def _semantic_cases() -> list[str]:
+    return [name for name, (base, mutate) in CASES.items() if _structurally_valid(name)]
+
+
+def _structurally_valid(name: str) -> bool:
+    base, mutate = CASES[name]
+    d = base()
+    if mutate(d) is not None:
+        return False
+    return v.schema_problems(d) == [] and d["header"]["version"] == 1
+
+
+@pytest.mark.parametrize("name", _semantic_cases())
+def test_semantic_screen_never_passes_a_reported_problem(name: str) -> None:
+    base, mutate = CASES[name]
+    d = base()
+    mutate(d)
+    t = Trace.from_dict(d)
+    report = v.semantic_report(t)
+    if _screen_ok(t):
+        assert report == [], "the screen passed a trace with problems"
+    assert v.trace_problems(t) == report
+    assert v.semantic_problems(d) == report
+    # and the screen that runs inside the decode says the same (the decode refuses 3.0 tokens)
+    for got in (v.convert(copy.deepcopy(d)), v.decode(orjson.dumps(d))):
+        assert (got is None) == (name == "float-as-int")
+        assert got is None or (got[0] == t and got[1] == report)
+
+
+def test_semantic_screen_passes_valid_traces() -> None:
+    """Not vacuous: a valid trace whose deps all point backwards, with times, passes the screen."""
+    for name in ("valid-text", "valid-hash", "no-times-no-text", "int-as-number"):
+        t = Trace.from_dict(CASES[name][0]() if name.startswith("valid") else _mutated(name))
+        assert v.semantic_report(t) == [] and _screen_ok(t), name
+
+
+def _mutated(name: str) -> dict:
+    base, mutate = CASES[name]
+    d = base()
+    mutate(d)
+    return d
+
+
+def _random_trace(rng) -> Trace:
+    wfs = []
+    for wi in range(rng.randint(1, 4)):
+        calls = []
+        n = rng.randint(1, 6)
+        for ci in range(n):
+            cid = f"w{wi}/c{ci}" if rng.random() > 0.03 else f"w{rng.randrange(wi + 1)}/c0"
+            pool = [f"w{wi}/c{j}" for j in range(n)] + [f"w{rng.randrange(4)}/c0", "nope"]
+            k = rng.choice([0, 0, 1, 1, 2, 3])
+            back = [f"w{wi}/c{j}" for j in range(ci)]
+            deps = rng.sample(back, min(k, len(back))) if rng.random() < 0.8 else [rng.choice(pool) for _ in range(k)]
+            c = Call(cid, "n", deps, 0.0, 1, 1)
+            if rng.random() < 0.7:
+                t0 = rng.uniform(0.4, 4)
+                c.t_issue, c.t_first_token, c.t_end = t0, t0 + rng.uniform(-0.01, 0.5), t0 + rng.uniform(-0.01, 1.0)
+                if rng.random() < 0.1:
+                    setattr(c, rng.choice(("t_issue", "t_first_token", "t_end")), None)
+            if rng.random() < 0.3:
+                refs = deps if rng.random() < 0.8 else deps + ["zz"]
+                segs = [{"ref": r} for r in refs] + [{"text": "x"}]
+                if rng.random() < 0.5:
+                    c.prompt = segs
+                else:
+                    c.messages = [Message("system", [{"text": "s"}]), Message("user", segs)]
+                    if rng.random() < 0.05:
+                        c.prompt = [{"text": "both"}]
+            if rng.random() < 0.2:
+                c.hash_ids = [1, 2]
+            calls.append(c)
+        wfs.append(Workflow(f"w{wi}" if rng.random() > 0.05 else "w0", rng.uniform(0, 0.5), calls))
+    return Trace(Header("x", block_size=16 if rng.random() < 0.9 else None), wfs)
+
+
+def test_semantic_screen_on_random_traces() -> None:
+    """Random workflows with random (often broken) deps, refs, times and hash_ids: whenever the
+    screen passes a trace the report finds nothing, and the screen passes many of the clean ones (not those with forward deps or partial times)."""
+    import random
+
+    rng = random.Random(7)
+    clean = passed = 0
+    for _ in range(3000):
+        t = _random_trace(rng)
+        report = v.semantic_report(t)
+        ok = _screen_ok(t)
+        if ok:
+            assert report == [], (t, report)
+        clean += report == []
+        passed += ok
+        assert v.trace_problems(t) == report
+    assert clean > 150 and passed > clean // 3, (clean, passed)
