@@ -237,6 +237,7 @@ def replicate(
     workflows = list(copy.deepcopy(trace.workflows))
     for k in range(1, copies):
         tag = f"[copy {k}] "
+        new_outputs = {copy_id(cid, k): tag + out for cid, out in old_outputs.items()}
         for w0 in trace.workflows:
             w = copy.deepcopy(w0)
             w.id = copy_id(w0.id, k)
@@ -257,7 +258,6 @@ def replicate(
                             content[i] = {"ref": copy_id(s["ref"], k)}
                         elif s["text"] not in shared and s["text"]:
                             content[i] = {"text": tag + s["text"]}
-            new_outputs = {copy_id(cid, k): tag + out for cid, out in old_outputs.items()}
             for c0, c in zip(w0.calls, w.calls):
                 if not c.has_text:
                     continue

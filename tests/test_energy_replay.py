@@ -73,9 +73,12 @@ def test_replay_with_a_capped_fake_gpu(vllm_url, small_trace, tmp_path, monkeypa
     w = doc["windows"]
     t0, mk = doc["t0_perf_counter"], doc["marks"]
     bs, rs, re_ = (t0 + mk[k]["t_s"] for k in ("baseline_start", "run_start", "run_end"))
-    # the counters read at the marks give the fake GPU's exact energy (to its 1 mJ resolution)
-    assert w["baseline"]["avg_power_w"]["gpu"] == pytest.approx((e_fn(rs) - e_fn(bs)) / (rs - bs), abs=0.05)
-    assert w["run"]["domains"]["gpu"]["gross_j"] == pytest.approx(e_fn(re_) - e_fn(rs), abs=0.01)
+    # the counters read at the marks give the fake GPU's energy between the marks: exact to its
+    # 1 mJ resolution, plus what the GPU draws between stamping a mark and reading the counter
+    # (microseconds; up to ~1 ms when the 2 cores are busy: 0.35 J at 350 W). A wrong window
+    # would be off by joules (the run lasts seconds at 250-450 W).
+    assert w["baseline"]["avg_power_w"]["gpu"] == pytest.approx((e_fn(rs) - e_fn(bs)) / (rs - bs), abs=0.5)
+    assert w["run"]["domains"]["gpu"]["gross_j"] == pytest.approx(e_fn(re_) - e_fn(rs), abs=0.35)
     att = doc["attribution"]["domains"]["gpu"]
     assert att["attributed_j"] + att["unattributed_j"] == pytest.approx(att["total_j"], rel=1e-6)
     assert att["attributed_j"] > 0 and set(att["per_stage"]) == {"summarize", "refine", "planner", "worker", "aggregator"}
