@@ -61,18 +61,20 @@ def validate(files: tuple[Path, ...], quiet: bool) -> None:
 
     bad = 0
     for f in files:
+        # The loader's own checks: one fast decode for a valid trace, and for an invalid one
+        # the complete report (every problem with its JSON path), as `mrw replay` would see it.
+        trace = None
         try:
-            doc = v.migrate(tr.parse(tr.read_bytes(f), str(f)), str(f))
-            problems = v.check(doc)
+            trace = tr.load(f)
+            problems: list = []
         except TraceError as e:
-            problems = [v.Problem("$", str(e).removeprefix(f"{f}: "))]
+            problems = list(e.problems) or [v.Problem("$", str(e).removeprefix(f"{f}: "))]
         if problems:
             bad += 1
             for p in problems:
                 click.echo(f"{f}: {p}")
-        elif not quiet:
-            n = sum(len(w["calls"]) for w in doc["workflows"])
-            click.echo(f"{f}: ok ({len(doc['workflows'])} workflows, {n} calls)")
+        elif not quiet and trace is not None:
+            click.echo(f"{f}: ok ({len(trace.workflows)} workflows, {trace.n_calls} calls)")
     if bad:
         raise SystemExit(1)
 
