@@ -638,6 +638,25 @@ METHOD = {
 }
 
 
+def _with_marks(c: Counter | None, tl: Timeline, dom: str, marks: dict[str, Any]) -> Counter | None:
+    """A domain's timeline counter plus the readings the meters took at the run's start and end
+    marks. The sampler's last row can precede the end mark by up to a period (and a stall,
+    such as a GC pass holding the GIL, can leave a gap after the start): without the marks, a
+    request that finishes after the last row would be attributed nothing."""
+    if c is None:
+        return None
+    devs = tl.devices(dom)
+    pts = dict(zip(c.t, c.v))
+    for name in ("run_start", "run_end"):
+        m = marks.get(name) or {}
+        cs = m.get("counters") or {}
+        vals = [cs.get(f"{dom}:{d}") for d in devs]
+        if isinstance(m.get("t_s"), (int, float)) and devs and all(isinstance(v, (int, float)) for v in vals):
+            pts.setdefault(float(m["t_s"]), float(sum(vals)))  # type: ignore[arg-type]
+    ts = sorted(pts)
+    return Counter(ts, [pts[t] for t in ts])
+
+
 def finalize(run_dir: str | Path, *, weight: str = "tokens", prefill_weight: float = 1.0,
              max_num_seqs: int | None = None, write: bool = True) -> dict[str, Any]:
     """Add windows, cross-check and attribution to run_dir/energy.json (and write
@@ -712,7 +731,7 @@ def finalize(run_dir: str | Path, *, weight: str = "tokens", prefill_weight: flo
                                                   "input_tokens": r.n_in, "output_tokens": r.n_out} for r in reqs}
     per_wf: dict[str, dict[str, Any]] = {}
     for dom in ENERGY_DOMAINS:
-        c = tl.domain_counter(dom)
+        c = _with_marks(tl.domain_counter(dom), tl, dom, doc.get("marks") or {})
         if c is None or len(c.t) < 2 or not reqs:
             continue
         at = attribute(c, reqs, domain=dom, weight=weight, prefill_weight=prefill_weight,
