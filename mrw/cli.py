@@ -636,14 +636,13 @@ def transform(src: Path, output: Path, copies: int, stagger_s: float, out_scale:
               tokenizer_dir: Path | None) -> None:
     """Make a trace of the same workload with more workflows or other lengths, deterministically
     (same source and options, same bytes); what was done goes to the header's extra.transform."""
-    import hashlib
-
     from mrw import transform as tf
-    from mrw.trace import dump, load, read_bytes
+    from mrw.replay.run import sha256_file
+    from mrw.trace import dump, load
 
     if output.resolve() == src.resolve():
         raise click.UsageError("write the transformed trace to a new file, not over the original")
-    sha = hashlib.sha256(read_bytes(src)).hexdigest()
+    sha = sha256_file(src)  # of the file as stored, as `mrw sweep` records its sources
     trace = load(src)
     counter = tf.hf_token_counter(str(tokenizer_dir)) if tokenizer_dir else None
     name = f"the tokenizer in {tokenizer_dir}" if tokenizer_dir else None

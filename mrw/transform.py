@@ -241,11 +241,11 @@ def replicate(
         for w0 in trace.workflows:
             w = copy.deepcopy(w0)
             w.id = copy_id(w0.id, k)
-            w.arrival_s = w0.arrival_s + k * stagger_s
+            shift = k * stagger_s  # the arrival and the recorded times move alike
+            w.arrival_s = w0.arrival_s + shift
             for c in w.calls:
                 c.id = copy_id(c.id, k)
                 c.deps = [copy_id(d, k) for d in c.deps]
-                shift = k * stagger_s  # recorded times move with the arrival
                 c.t_issue, c.t_first_token, c.t_end = (None if t is None else t + shift for t in (c.t_issue, c.t_first_token, c.t_end))
                 if c.output is not None:
                     c.output = tag + c.output

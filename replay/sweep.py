@@ -1135,7 +1135,6 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
     prog = SweepProgress(total, done_before, enabled=show)
     by_label = {t.label: t for t in traces}
     failed: list[str] = []
-    with_failed_calls: list[str] = []
     interrupted: str | None = None
     launches = 0
     model = None
@@ -1227,7 +1226,6 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
                     raise KeyboardInterrupt
                 if s.status == "completed":
                     if s.failed_calls:
-                        with_failed_calls.append(p.name)
                         prog.log(f"{p.name}: completed, but {s.failed_calls} of {outcome.total} calls failed "  # type: ignore[union-attr]
                                  f"({first_call_error(run_dir)}); `mrw analyze` leaves it out of the figures")
                     prog.point_done()
@@ -1264,6 +1262,7 @@ def _run(cfg: SweepConfig, root: Path, man: Manifest, traces: list[TraceRef], to
             man.sessions[-1]["status"] = man.status
             man.write()
     completed = sum(1 for s in man.states if s.status == "completed")
+    with_failed_calls = [s.point.name for s in man.states if s.status == "completed" and s.failed_calls]
     return SweepResult(root, total, completed, done_before, failed, interrupted, launches, time.perf_counter() - t_start,
                        with_failed_calls)
 
