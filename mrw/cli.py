@@ -232,7 +232,7 @@ def sweep(traces: tuple[Path, ...], config: Path | None, out: Path | None, engin
                             f"see {res.root}/sweep.json; rerun the same command to retry them")
     if res.with_failed_calls:
         console.print(f"{len(res.with_failed_calls)} completed point(s) had failed calls ({', '.join(res.with_failed_calls[:3])}"
-                      f"{', ...' if len(res.with_failed_calls) > 3 else ''}): see the lines above; they are not a "
+                      f"{', ...' if len(res.with_failed_calls) > 3 else ''}): `mrw analyze` names each cause; they are not a "
                       "measurement of their configuration", style="yellow", highlight=False, soft_wrap=True)
     console.print(f"next: mrw analyze {res.root}", highlight=False)
 
