@@ -6,7 +6,9 @@
 
 Each measurement runs `mrw.trace.load` (read, decode into the msgspec model with the
 structure check, semantic checks: exactly what `mrw replay` does) in a fresh child process,
-so its wall time and its peak RSS (VmHWM) are its own. One more child times the phases of the
+so its wall time and its peak RSS (VmHWM) are its own; a full `gc.collect()` right after it
+shows what the load left the cyclic GC to walk (nothing: a large trace is frozen out of its
+sight; before that, the first collection after a load walked every call's lists). One more child times the phases of the
 fast path one by one (map the file; decode with the structure check and the semantic screen; and, for
 comparison, the complete semantic report that only runs when the screen doubts). It also times invalid copies of the same
 trace, whose load must fail listing every problem with its JSON path (the slow, complete
@@ -101,11 +103,18 @@ except TraceError as e:
     ok, n, problems = False, 0, [str(p) for p in (e.problems or [])]
 t2 = time.perf_counter()
 c2 = time.process_time()
+import gc
+gc.collect()  # what the load left the cyclic GC to walk (the first collection after it, else)
+t3 = time.perf_counter()
 import orjson
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forked parent's pages.
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")]
-print(orjson.dumps({"ok": ok, "calls": n, "import_s": t1 - t0, "load_s": t2 - t1, "load_cpu_s": c2 - c1,
+# the screen's child process, where load forked one (its RSS counts the pages it shares with
+# this process up to the fork: imports, and the mapped file as it reads it)
+child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(orjson.dumps({"ok": ok, "calls": n, "import_s": t1 - t0, "load_s": t2 - t1, "load_cpu_s": c2 - c1, "gc_after_s": t3 - t2,
                     "peak_rss_mb": int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "screen_child_peak_rss_mb": child_mb,
                     "problems": problems[:20], "n_problems": len(problems)}).decode())
 """
 
@@ -115,14 +124,18 @@ import gc, sys, time
 from mrw import trace as tr, validate as v
 gc.disable()
 out = {}
-def step(name, f, *a):
+def step(name, f, *a, **kw):
     c, t = time.process_time(), time.perf_counter()
-    r = f(*a)
+    r = f(*a, **kw)
     out[name] = {"s": time.perf_counter() - t, "cpu_s": time.process_time() - c}
     return r
 m = tr._mapped(sys.argv[1])
 data = step("map", m.__enter__)  # what load does with a large file (a .gz: read + gunzip)
-got = step("decode+checks", v.decode, data)  # parse, structure check, build, semantic screen
+# parse, structure check, build, semantic screen: all in this process, then as load does it on
+# two CPUs (the screen in a forked child, on its own lean decode; CPU here is this process's)
+got = step("decode+checks, one process", v.decode, data, parallel=False)
+del got
+got = step("decode+checks, screen in a child", v.decode, data, parallel=True)
 del data
 m.__exit__(None, None, None)
 problems = step("semantic report", v.semantic_report, got[0])  # the full walk an invalid trace costs
@@ -149,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     gc.disable()  # this process only builds and writes the files; the loads run in children
-    tmp = Path(tempfile.mkdtemp(prefix="mrw-traceio-"))
+    with tempfile.TemporaryDirectory(prefix="mrw-traceio-") as tmp:  # removed even when a load crashes
+        return _run(a, argv, Path(tmp))
+
+
+def _run(a: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
     t = time.perf_counter()
     doc = synth(a.calls, a.per_workflow, a.text)
     data = orjson.dumps(doc)
@@ -170,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = [measure(valid) for _ in range(a.repeat)]
     for r in runs:
-        print(f"load+validate valid: {r['load_s']:.2f} s (CPU {r['load_cpu_s']:.2f} s), peak RSS {r['peak_rss_mb']:.0f} MB, ok={r['ok']}", flush=True)
+        print(f"load+validate valid: {r['load_s']:.2f} s (CPU {r['load_cpu_s']:.2f} s in this process), then a full GC "
+              f"{r['gc_after_s']:.3f} s, peak RSS {r['peak_rss_mb']:.0f} MB (screen child {r['screen_child_peak_rss_mb']:.0f} MB), "
+              f"ok={r['ok']}", flush=True)
     phases = measure(valid, child=_PHASES)
-    print("phases (CPU s): " + ", ".join(f"{k} {x['cpu_s']:.2f}" for k, x in phases["phases"].items()), flush=True)
+    print("phases, wall s (CPU s): " + ", ".join(f"{k} {x['s']:.2f} ({x['cpu_s']:.2f})" for k, x in phases["phases"].items()), flush=True)
     res: dict = {
         "benchmark": "trace_io",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -201,9 +220,6 @@ def main(argv: list[str] | None = None) -> int:
             for x in bad["problems"][:4]:
                 print("   ", x)
         res["invalid_all_found"] = all_found
-    for p in [valid] + [p for p, _ in invalid.values()]:
-        p.unlink(missing_ok=True)
-    tmp.rmdir()
     out = a.out or RESULTS / f"trace_io-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))

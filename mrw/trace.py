@@ -304,13 +304,18 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Trace:
     from mrw import validate as v
 
     name = str(path)
-    # Millions of new containers, none of them garbage: CPython's cyclic GC would rescan the
-    # growing heap over and over. Off while loading.
+    # Millions of new containers (each call's deps and hash_ids lists), none of them garbage:
+    # CPython's cyclic GC would rescan the growing heap over and over. Off while loading;
+    # and, when it was on, the loaded trace is frozen out of its sight after (`gc.freeze`),
+    # else the first allocation after `gc.enable()` starts a collection that walks every one
+    # of them (0.7 s for a million calls), and every later full collection walks them again.
+    # The trace is acyclic and lives as long as the program uses it; `gc.unfreeze()` undoes.
     gc_was_on = gc.isenabled()
     gc.disable()
+    loaded: Trace | None = None
     try:
         with _mapped(path) as data:
-            got = v.decode(data, report=False)
+            got = v.decode(data, report=False, parallel=None if validate else False)
             if got is None:
                 doc = parse(data, name)
         # the file is closed (unmapped) before any report is built
@@ -326,10 +331,16 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Trace:
             problems = v.trace_problems(trace) if validate else []
         if validate:
             v.raise_if_problems(problems, name)
+        loaded = trace
         return trace
     finally:
         if gc_was_on:
+            if loaded is not None and loaded.n_calls >= _FREEZE_MIN:
+                gc.freeze()
             gc.enable()
+
+
+_FREEZE_MIN = 10_000  # calls: below, the containers cost the GC nothing worth a freeze
 
 
 class _mapped:

@@ -262,3 +262,30 @@ def test_constructors_keep_their_defaults_and_positions() -> None:
 
     assert msgspec.structs.replace(c2, id="z").id == "z" and c2.id == "x"
     assert copy.deepcopy(c2) == c2 and copy.deepcopy(c2).deps is not c2.deps
+
+
+_GC_CHILD = r"""
+import gc, sys
+from mrw.trace import load
+if sys.argv[2] == "off":
+    gc.disable()
+t = load(sys.argv[1])
+tracked = {id(o) for o in gc.get_objects()}  # the three generations the collector walks
+deps = [c.deps for w in t.workflows for c in w.calls]
+print(gc.isenabled(), gc.get_freeze_count() >= len(deps), sum(id(d) in tracked for d in deps), len(deps))
+"""
+
+
+@pytest.mark.parametrize("n_wf, gc_state, expected", [
+    (2000, "on", "True True 0 10000"),  # frozen: no collection walks the trace's lists again
+    (2000, "off", "False False 10000 10000"),  # the caller's choice of GC is left alone
+    (20, "on", "True False 100 100"),  # a small trace is not worth a freeze
+])
+def test_load_moves_a_large_trace_out_of_the_cyclic_gc(tmp_path, n_wf, gc_state, expected) -> None:
+    """Left in gen 0, a million calls' lists made the first collection after load walk them
+    all (0.7 s, paid by whoever allocated next) and every full collection after it again."""
+    wfs = [Workflow(f"w{i}", 0.0, [Call(f"w{i}.c{k}", "n", [f"w{i}.c{k - 1}"] if k else [], output_tokens=3)
+                                   for k in range(5)]) for i in range(n_wf)]
+    p = dump(Trace(new_header("gc"), wfs), tmp_path / "t.json")
+    out = subprocess.run([sys.executable, "-c", _GC_CHILD, str(p), gc_state], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == expected.split()

@@ -13,13 +13,16 @@ rules) finds a problem."""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import orjson
 import pytest
 from trace_cases import CASES
 
 from mrw import validate as v
-from mrw.trace import Call, Header, Message, Trace, Workflow
+from mrw.trace import Call, Header, Message, Trace, Workflow, dumps
 
 
 def doc() -> dict:
@@ -199,7 +202,7 @@ def test_semantic_screen_never_passes_a_reported_problem(name: str) -> None:
     assert v.trace_problems(t) == report
     assert v.semantic_problems(d) == report
     # and the screen that runs inside the decode says the same (the decode refuses 3.0 tokens)
-    for got in (v.convert(copy.deepcopy(d)), v.decode(orjson.dumps(d))):
+    for got in (v.convert(copy.deepcopy(d)), v.decode(orjson.dumps(d)), v.decode(orjson.dumps(d), parallel=True)):
         assert (got is None) == (name == "float-as-int")
         assert got is None or (got[0] == t and got[1] == report)
 
@@ -220,14 +223,19 @@ def _mutated(name: str) -> dict:
 
 def _random_trace(rng) -> Trace:
     wfs = []
+    # "." makes the call ids scoped (`<workflow id>.<suffix>`: the screen then skips the set of
+    # all ids), "/" does not; a workflow id with a "." is never scoped, and its calls may take
+    # another workflow's ids
+    sep = rng.choice(("/", "."))
     for wi in range(rng.randint(1, 4)):
         calls = []
         n = rng.randint(1, 6)
+        wid = f"w{wi}" if rng.random() > 0.1 else f"w{wi}.x"
         for ci in range(n):
-            cid = f"w{wi}/c{ci}" if rng.random() > 0.03 else f"w{rng.randrange(wi + 1)}/c0"
-            pool = [f"w{wi}/c{j}" for j in range(n)] + [f"w{rng.randrange(4)}/c0", "nope"]
+            cid = f"{wid}{sep}c{ci}" if rng.random() > 0.03 else f"w{rng.randrange(wi + 1)}{sep}c0"
+            pool = [f"{wid}{sep}c{j}" for j in range(n)] + [f"w{rng.randrange(4)}{sep}c0", "nope"]
             k = rng.choice([0, 0, 1, 1, 2, 3])
-            back = [f"w{wi}/c{j}" for j in range(ci)]
+            back = [f"{wid}{sep}c{j}" for j in range(ci)]
             deps = rng.sample(back, min(k, len(back))) if rng.random() < 0.8 else [rng.choice(pool) for _ in range(k)]
             c = Call(cid, "n", deps, 0.0, 1, 1)
             if rng.random() < 0.7:
@@ -247,7 +255,7 @@ def _random_trace(rng) -> Trace:
             if rng.random() < 0.2:
                 c.hash_ids = [1, 2]
             calls.append(c)
-        wfs.append(Workflow(f"w{wi}" if rng.random() > 0.05 else "w0", rng.uniform(0, 0.5), calls))
+        wfs.append(Workflow(wid if rng.random() > 0.05 else "w0", rng.uniform(0, 0.5), calls))
     return Trace(Header("x", block_size=16 if rng.random() < 0.9 else None), wfs)
 
 
@@ -257,8 +265,8 @@ def test_semantic_screen_on_random_traces() -> None:
     import random
 
     rng = random.Random(7)
-    clean = passed = 0
-    for _ in range(3000):
+    clean = passed = dup_ids = forked = 0
+    for _ in range(4000):
         t = _random_trace(rng)
         report = v.semantic_report(t)
         ok = _screen_ok(t)
@@ -266,5 +274,92 @@ def test_semantic_screen_on_random_traces() -> None:
             assert report == [], (t, report)
         clean += report == []
         passed += ok
+        dup_ids += any("duplicate call id" in p.message and "also in workflow" in p.message for p in report)
         assert v.trace_problems(t) == report
-    assert clean > 150 and passed > clean // 3, (clean, passed)
+        if _ % 20 == 0:  # the screen in a child process, on its own lean decode, says the same
+            forked += 1
+            assert v.decode(dumps(t), parallel=True) == (t, report)
+    assert clean > 150 and passed > clean // 3 and dup_ids > 100 and forked == 200, (clean, passed, dup_ids)
+
+
+def test_scoped_call_ids_skip_the_global_set_and_still_catch_collisions() -> None:
+    """Ids `<workflow id>.<suffix>` are unique across workflows by construction (the screen
+    compares only each workflow's own); one workflow named otherwise brings back the set of
+    all ids, so its calls cannot take a scoped workflow's id unseen."""
+    def trace(wids: list[str], cids: list[list[str]]) -> Trace:
+        return Trace(Header("x"), [Workflow(w, 0.0, [Call(c, "n") for c in cs]) for w, cs in zip(wids, cids)])
+
+    screen = v._Screen()
+    t = trace(["a", "b"], [["a.0", "a.1"], ["b.0"]])
+    for w in t.workflows:
+        v._screen_workflow(w, screen)
+    assert screen.scoped and v._whole_trace_ok(t, screen)
+    for bad in (trace(["a", "b.x"], [["a.0"], ["a.0"]]),  # "b.x" holds a ".": not scoped
+                trace(["a", "a.x"], [["a.x.0"], ["a.x.0"]]),  # each id starts with its workflow's
+                trace(["a", "b"], [["a.0"], ["a.0"]]),  # "a.0" is not b's
+                trace(["a"], [["a.0", "a.0"]])):  # twice inside one workflow
+        assert not _screen_ok(bad)
+        dup = bad.workflows[-1].calls[-1].id
+        assert [p.message for p in v.semantic_report(bad)] == [f"duplicate call id {dup!r} (also in workflow 'a')"], bad
+
+
+_FORK_CHILD = r"""
+import os, sys
+from mrw import validate as v
+from mrw.errors import TraceError
+from mrw.trace import load
+v._PARALLEL_MIN = 0  # every trace is screened in a child process
+seen = []
+real = v._ScreenChild.__init__
+def spy(self, data):
+    real(self, data)
+    seen.append(self.pid)
+v._ScreenChild.__init__ = spy
+try:
+    out = f"ok {load(sys.argv[1]).n_calls}"
+except TraceError as e:
+    out = "error " + " | ".join(map(str, e.problems))
+try:
+    os.waitpid(-1, os.WNOHANG)
+    left = "child left"
+except ChildProcessError:
+    left = "no child left"
+print(out, "/", len(seen), "screen child(ren) /", left)
+"""
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (None, "ok 2 / 1 screen child(ren) / no child left"),
+    (_set(C1 + ("deps",), ["zz"]), "error $.workflows[0].calls[1].deps[0]: dependency 'zz' does not exist"
+                                   " | $.workflows[0].calls[1].prompt[0]: refers to 'a', which is not among this call's deps"
+                                   " / 1 screen child(ren) / no child left"),
+    (_set(C1 + ("output_tokens",), -1), "error $.workflows[0].calls[1].output_tokens: -1 is less than the minimum of 0"
+                                        " / 1 screen child(ren) / no child left"),
+])
+def test_load_screens_a_large_trace_in_a_child_process(tmp_path, mutate, expected) -> None:
+    """The forked screen gives `load` the same verdicts (a refusal by the parent's decode
+    stops the child early) and leaves no process behind."""
+    d = doc()
+    if mutate is not None:
+        mutate(d)
+    p = tmp_path / "t.json"
+    p.write_bytes(orjson.dumps(d))
+    out = subprocess.run([sys.executable, "-c", _FORK_CHILD, str(p)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected, out.stderr
+
+
+def test_no_fork_while_another_thread_runs() -> None:
+    """A fork copies only the calling thread; with another one alive the screen stays here."""
+    import threading
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert not v._can_fork()
+    finally:
+        stop.set()
+        t.join()
+    out = subprocess.run([sys.executable, "-c", "from mrw import validate as v; print(v._can_fork())"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(len(os.sched_getaffinity(0)) >= 2)
