@@ -169,7 +169,7 @@ class _WorkflowIn(Workflow):
         # Right after msgspec built this workflow, while its objects are still in the CPU's
         # caches (a pass over a million cold objects costs more than the checks themselves).
         screen = getattr(_local, "screen", None)
-        if screen is _ELSEWHERE:  # a child process screens this trace (`_screen_in_child`)
+        if screen is _ELSEWHERE:  # a child process screens this trace (`_ScreenChild`)
             _admit_calls(self.calls, Call)
         else:
             _screen_workflow(self, screen, Call)
@@ -188,7 +188,7 @@ class _TraceIn(Trace):
 
 
 # What the semantic screen reads, and nothing else: the view a child process decodes to screen
-# a large trace while the parent builds the model (`_screen_in_child`). No constraints: the
+# a large trace while the parent builds the model (`_ScreenChild`). No constraints: the
 # parent's decode checks the structure; where this view refuses, the child only doubts.
 class _SeenMessage(msgspec.Struct, gc=False):
     content: list[dict[str, Any]]
