@@ -57,12 +57,16 @@ def replay_section(r: dict) -> str:
 
 
 def trace_io_section(r: dict) -> str:
+    valid = r["valid"]
+    # (results written before the screen child and the GC check were measured lack them)
+    child_mb = max(x.get("screen_child_peak_rss_mb") or 0 for x in valid)
+    gc_ms = [x["gc_after_s"] * 1e3 for x in valid if "gc_after_s" in x]
     lines = [f"Run {r['started']}: `{r['command']}` (load {r['load_avg'][0]:.2f})", "",
              f"{r['calls']:,} calls, {r['file_mib']:.0f} MiB JSON ({'short texts' if r['text'] else 'text-free, hash_ids'}): "
-             f"load + validate + build **{r['best_load_s']:.2f} s** wall, {r.get('best_load_cpu_s', float('nan')):.2f} s CPU (best of {len(r['valid'])}: "
-             f"{', '.join(format(x['load_s'], '.2f') for x in r['valid'])} s), peak RSS {r['peak_rss_mb']:.0f} MB"
-             + (f" (and {child:.0f} MB in the screen's child process)" if (child := max(x.get("screen_child_peak_rss_mb") or 0 for x in r["valid"])) else "")
-             + (f"; a full GC right after the load: {max(x['gc_after_s'] for x in r['valid']) * 1e3:.0f} ms at most" if "gc_after_s" in r["valid"][0] else "")
+             f"load + validate + build **{r['best_load_s']:.2f} s** wall, {r.get('best_load_cpu_s', float('nan')):.2f} s CPU (best of {len(valid)}: "
+             f"{', '.join(format(x['load_s'], '.2f') for x in valid)} s), peak RSS {r['peak_rss_mb']:.0f} MB"
+             + (f" (and {child_mb:.0f} MB in the screen's child process)" if child_mb else "")
+             + (f"; a full GC right after the load: {max(gc_ms):.0f} ms at most" if gc_ms else "")
              + "."]
     if r.get("phases"):
         lines[-1] += " Phases, wall s (CPU s of the loading process): " + ", ".join(

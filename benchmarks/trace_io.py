@@ -8,11 +8,11 @@ Each measurement runs `mrw.trace.load` (read, decode into the msgspec model with
 structure check, semantic checks: exactly what `mrw replay` does) in a fresh child process,
 so its wall time and its peak RSS (VmHWM) are its own; a full `gc.collect()` right after it
 shows what the load left the cyclic GC to walk (nothing: a large trace is frozen out of its
-sight; before that, the first collection after a load walked every call's lists). One more child times the phases of the
-fast path one by one (map the file; decode with the structure check and the semantic screen; and, for
-comparison, the complete semantic report that only runs when the screen doubts). It also times invalid copies of the same
-trace, whose load must fail listing every problem with its JSON path (the slow, complete
-report only runs when the fast check finds something).
+sight). One more child times the phases one by one: map the file; decode with every check,
+the screen in this process; the same with the screen in a forked child, as `load` does on
+two CPUs; and, for comparison, the complete semantic report that only runs when the screen
+doubts. It also times invalid copies of the same trace, whose load must fail listing every
+problem with its JSON path.
 Results go to benchmarks/results/trace_io-<time>.json.
 """
 

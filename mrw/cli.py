@@ -637,6 +637,7 @@ def transform(src: Path, output: Path, copies: int, stagger_s: float, out_scale:
     """Make a trace of the same workload with more workflows or other lengths, deterministically
     (same source and options, same bytes); what was done goes to the header's extra.transform."""
     from mrw import transform as tf
+    from mrw import validate as v
     from mrw.replay.run import sha256_file
     from mrw.trace import dump, load
 
@@ -651,8 +652,6 @@ def transform(src: Path, output: Path, copies: int, stagger_s: float, out_scale:
     if copies > 1:
         trace = tf.replicate(trace, copies, stagger_s=stagger_s, count_tokens=counter, token_counter_name=name,
                              source_sha256=sha)
-    from mrw import validate as v
-
     v.raise_if_problems(v.check(trace.to_dict()), str(output))
     dump(trace, output)
     out.print(f"{output}: {len(trace.workflows)} workflows, {trace.n_calls} calls", highlight=False)

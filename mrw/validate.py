@@ -33,7 +33,7 @@ import threading
 from dataclasses import dataclass
 from importlib import resources
 from operator import attrgetter
-from typing import Annotated, Any, Callable, Iterable, Literal
+from typing import Annotated, Any, Callable, Iterable, Literal, NoReturn
 
 import msgspec
 from msgspec import Meta
@@ -230,12 +230,13 @@ _NO = object()  # "not an earlier call of this workflow"
 class _Screen:
     """What the per-workflow screens of one trace found, for the whole-trace rules after."""
 
-    __slots__ = ("ok", "ids", "n", "scoped")
+    __slots__ = ("ok", "ids", "scoped")
 
     def __init__(self) -> None:
         self.ok = True  # no workflow needs the report
-        self.ids: list[str] = []  # every call id, for one set at the end (unless all are scoped)
-        self.n = 0  # calls
+        # every call id, each workflow's once (a repeat inside one clears `ok`), for one set
+        # at the end unless all are scoped
+        self.ids: list[str] = []
         self.scoped = True  # every call id so far is scoped (below)
 
 
@@ -299,7 +300,6 @@ def _screen_workflow(w: Workflow, screen: _Screen | None, model: type | None = N
         ok = False  # an id repeats inside the workflow
     if screen is not None:
         screen.ids.extend(ends)
-        screen.n += len(calls)
         if not scoped:
             screen.scoped = False
         if not ok:
@@ -386,7 +386,7 @@ def _header_ok(h: Header) -> bool:
 def _ids_ok(wfs: list, screen: _Screen) -> bool:
     """The screen's verdict with the id rules that span workflows."""
     return (screen.ok and len(set(map(_id, wfs))) == len(wfs)
-            and (screen.scoped or len(set(screen.ids)) == screen.n))
+            and (screen.scoped or len(set(screen.ids)) == len(screen.ids)))
 
 
 def _hashes_ok(t: Trace) -> bool:
@@ -466,29 +466,33 @@ class _ScreenChild:
     def __init__(self, data: Any) -> None:
         r, w = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the child: never returns
-            verdict = b"0"
-            try:
-                os.close(r)
-                # Signals are the parent's business (it kills this child when it stops): none
-                # may run its handlers here, or reach its event loop through the wakeup fd.
-                signal.set_wakeup_fd(-1)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(sig, signal.SIG_DFL)
-                gc.disable()
-                screen = _local.screen = _Screen()
-                seen = _SEEN_DECODER.decode(data)
-                if _ids_ok(seen.workflows, screen):
-                    verdict = b"1"
-            except BaseException:
-                pass
-            finally:
-                try:
-                    os.write(w, verdict)
-                finally:
-                    os._exit(0)
+        if pid == 0:
+            os.close(r)
+            self._child(data, w)  # never returns
         os.close(w)
         self.pid, self.fd = pid, r
+
+    @staticmethod
+    def _child(data: Any, w: int) -> NoReturn:
+        verdict = b"0"
+        try:
+            # Signals are the parent's business (it kills this child when it stops): none may
+            # run its handlers here, or reach its event loop through the wakeup fd.
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            gc.disable()
+            screen = _local.screen = _Screen()
+            seen = _SEEN_DECODER.decode(data)
+            if _ids_ok(seen.workflows, screen):
+                verdict = b"1"
+        except BaseException:
+            pass
+        finally:
+            try:
+                os.write(w, verdict)
+            finally:
+                os._exit(0)
 
     def verdict(self) -> bool:
         """Wait for the child's verdict (about when this process's decode ends, on two CPUs)."""
