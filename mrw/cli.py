@@ -84,7 +84,8 @@ def validate(files: tuple[Path, ...], quiet: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--workflows", "show_workflows", is_flag=True, help="Also list every workflow's shape.")
 def info(file: Path, as_json: bool, show_workflows: bool) -> None:
-    """Summarise a trace: workflows, calls, DAG depth/width, critical path, tokens, prefix sharing."""
+    """Summarise a trace: workflows and their arrivals, calls, DAG depth/width and dependencies,
+    tokens, waits, critical path, prefix sharing (for any trace, recorded or imported)."""
     import orjson
 
     from mrw.info import trace_info

@@ -145,7 +145,7 @@ def test_copilot_sessions_chain_calls_with_tool_and_user_time_as_waits():
     # a session's first call to a model shares its cached blocks with other sessions' (one system prompt)
     assert g0.hash_ids[:32] == a[0].hash_ids[:32] and g0.hash_ids[32] != a[0].hash_ids[32]
     note(notes, "3 batches, 5.0 s")
-    note(notes, "320 cached tokens", "beyond the previous call")
+    note(notes, "320 cached tokens", "beyond the prompt of the previous call")
     note(notes, "1 calls started while an earlier call", "beside it")
     note(notes, "1 LLM calls with 0 prompt tokens are left out")
     note(notes, "1 tool batches name a request_id")

@@ -263,6 +263,6 @@ class CachedBlocks:
         if not self.unplaced_tokens:
             return None
         share = self.unplaced_tokens / max(self.cached_tokens, 1)
-        return (f"{self.unplaced_tokens:,} cached tokens ({share:.1%} of all cached) lie beyond the previous {call}'s "
-                "prompt (a cache also holds what the model generated, which a replay generates anew): their blocks "
-                "are new, so a replay hits the cache that much less than the recording")
+        return (f"{self.unplaced_tokens:,} cached tokens ({share:.1%} of all cached) lie beyond the prompt of the previous "
+                f"{call} of the same model (a cache also holds what the model generated, which a replay generates "
+                "anew): their blocks are new, so a replay hits the cache that much less than the recording")

@@ -108,7 +108,7 @@ class CopilotAgent(Format):
         if st.parallel:
             notes.append(f"{st.parallel} calls started while an earlier call of their session was still running: "
                          "they run beside it")
-        if (note := blocks.unplaced_note("call of its model")) is not None:
+        if (note := blocks.unplaced_note("call")) is not None:
             notes.append(note)
         if st.no_prompt:
             notes.append(f"{st.no_prompt} LLM calls with 0 prompt tokens are left out (as the release's own analyses "

@@ -102,7 +102,7 @@ class TraceLab(Format):
             "tools, per-round models (a round's model is its node), provider, project, user",
             f"times are seconds after the first round ({iso_utc(t0)}); providers: {', '.join(sorted(providers))}",
         ]
-        if (note := blocks.unplaced_note("round of its model")) is not None:
+        if (note := blocks.unplaced_note("round")) is not None:
             notes.append(note)
         if undated:
             notes.append(f"{undated} rounds have no timing events and are left out")
