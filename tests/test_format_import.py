@@ -254,7 +254,7 @@ def test_weka_subagents_branch_and_join_with_think_time_as_waits():
     note(notes, "1 sub-agents' request times were absolute")
     note(notes, "1 sub-agents ran in the background")
     note(notes, "1 calls' end", "set to that t")
-    note(notes, "hash only their whole blocks", "as the format defines")
+    note(notes, "11 calls hash only their whole blocks", "floor(in/64)")
     note(notes, "fields not kept: capture_note")
     assert not any("is the block size right" in n for n in notes)
 

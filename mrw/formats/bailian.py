@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mrw.formats import Format, FormatError, import_header, register
-from mrw.formats.common import count, hash_ids, json_lines, seconds, text
+from mrw.formats.common import HashCounts, count, hash_ids, json_lines, seconds, text
 from mrw.trace import Call, Trace, Workflow
 
 BLOCK_SIZE = 16  # the published files' blksz_16: 16-token SipHash blocks
@@ -42,7 +42,8 @@ class Bailian(Format):
         bs = block_size or BLOCK_SIZE
         rows: dict[int, tuple] = {}  # chat_id -> (parent, t, n_in, n_out, type, turn, hash_ids, where)
         order: list[int] = []
-        has_hash = mismatched = full_blocks = 0
+        has_hash = 0
+        counts = HashCounts(bs)
         for where, d in json_lines(path, WHAT):
             cid = _chat_id(d, "chat_id", where)
             parent = _chat_id(d, "parent_chat_id", where, root_ok=True)
@@ -57,11 +58,7 @@ class Bailian(Format):
             hids = hash_ids(d, "hash_ids", where)
             if hids is not None:
                 has_hash += 1
-                if len(hids) != -(-n_in // bs):  # type: ignore[operator]
-                    if len(hids) == n_in // bs:  # type: ignore[operator]
-                        full_blocks += 1
-                    else:
-                        mismatched += 1
+                counts.add(hids, n_in)  # type: ignore[arg-type]
             turn = count(d, "turn", where, required=False, bound=10**9)
             rows[cid] = (parent, t, n_in, count(d, "output_length", where), text(d, "type", where) or "request",
                          turn, hids, where)
@@ -126,12 +123,7 @@ class Bailian(Format):
                          "window): each starts a workflow of its own")
         if has_hash < len(rows):
             notes.append(f"{len(rows) - has_hash} requests have no hash_ids: their prompts share nothing at replay")
-        if full_blocks:
-            notes.append(f"{full_blocks} requests hash only their whole blocks (floor(input_length/{bs}) hash_ids): "
-                         "the tokens after the last whole block share nothing at replay")
-        if mismatched:
-            notes.append(f"{mismatched} requests have a hash_ids count that does not match ceil(input_length/{bs}); "
-                         "is the block size right (--block-size)?")
+        notes += counts.notes()
         header = import_header(self.name, path, notes, workload=workload, block_size=bs if has_hash else None)
         return Trace(header=header, workflows=workflows), notes
 

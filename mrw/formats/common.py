@@ -222,6 +222,34 @@ def happens_before(spans: Sequence[tuple[int, int]], slack: int = 0) -> list[lis
     return deps
 
 
+class HashCounts:
+    """How each call's hash_ids count fits its token count, for the import's notes: ceil(n/B)
+    ids (every block hashed, the last partial one too), floor(n/B) (whole blocks only: the
+    tokens after the last one have no id and share nothing at replay), or neither (a wrong
+    block size?)."""
+
+    def __init__(self, block_size: int, what: str = "requests", field: str = "input_length", hint: str = "--block-size"):
+        self.block_size, self.what, self.field, self.hint = block_size, what, field, hint
+        self.whole_only = self.mismatched = 0
+
+    def add(self, hids: list[int], n_tokens: int) -> None:
+        if len(hids) != -(-n_tokens // self.block_size):
+            if len(hids) == n_tokens // self.block_size:
+                self.whole_only += 1
+            else:
+                self.mismatched += 1
+
+    def notes(self) -> list[str]:
+        bs, out = self.block_size, []
+        if self.whole_only:
+            out.append(f"{self.whole_only} {self.what} hash only their whole blocks (floor({self.field}/{bs}) "
+                       "hash_ids): the tokens after the last whole block share nothing at replay")
+        if self.mismatched:
+            out.append(f"{self.mismatched} {self.what} have a hash_ids count that does not match "
+                       f"ceil({self.field}/{bs}) (nor floor, for whole-block hashing); is the block size right ({self.hint})?")
+        return out
+
+
 class CachedBlocks:
     """hash_ids for traces that record how many prompt tokens a cache already held, not which.
 

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from mrw.formats import Format, FormatError, import_header, issue_time, register
-from mrw.formats.common import MAX_SECONDS, count, hash_ids, json_lines
+from mrw.formats.common import MAX_SECONDS, HashCounts, count, hash_ids, json_lines
 from mrw.trace import Call, Trace, Workflow
 
 DEFAULT_BLOCK_SIZE = 512  # the published Mooncake traces, and AIPerf's --isl-block-size default
@@ -54,7 +54,7 @@ class Mooncake(Format):
             "no first-token or end times: only issue times (ms)",
             "no node names: every call is node 'request'",
         ]
-        mismatched = full_blocks = 0
+        counts = HashCounts(bs)
         has_hash = any("hash_ids" in d for _, d in rows)
         calls_by_wf: dict[str, list[tuple[Call, float | None]]] = {}
         order: list[str] = []
@@ -66,11 +66,8 @@ class Mooncake(Format):
             ts = count(d, "timestamp", where, required=False, bound=_MAX_MS)
             delay = count(d, "delay", where, required=False, bound=_MAX_MS)
             hids = hash_ids(d, "hash_ids", where)
-            if hids is not None and len(hids) != -(-n_in // bs):
-                if len(hids) == n_in // bs:
-                    full_blocks += 1  # only whole blocks hashed (the last partial one has no id)
-                else:
-                    mismatched += 1
+            if hids is not None:
+                counts.add(hids, n_in)
             sid = d.get("session_id") if group == "session" else None
             wid = str(sid) if sid is not None else f"m{i}"
             if wid not in calls_by_wf:
@@ -112,16 +109,7 @@ class Mooncake(Format):
             notes.append(f"{untimed} {what} no timestamp; they arrive at 0 s")
         if not has_hash:
             notes.append("no hash_ids: nothing is known about prefix sharing; replay prompts share nothing")
-        if full_blocks:
-            notes.append(
-                f"{full_blocks} requests hash only their whole blocks (floor(input_length/{bs}) hash_ids): "
-                "the tokens after the last whole block share nothing at replay"
-            )
-        if mismatched:
-            notes.append(
-                f"{mismatched} requests have a hash_ids count that does not match ceil(input_length/{bs}); "
-                "is the block size right (--block-size)?"
-            )
+        notes += counts.notes()
         header = import_header(self.name, path, notes, workload=workload, block_size=bs if has_hash else None)
         return Trace(header=header, workflows=workflows), notes
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mrw.formats import Format, FormatError, import_header, register
-from mrw.formats.common import count, hash_ids, input_files, json_lines, read_document, seconds, text
+from mrw.formats.common import HashCounts, count, hash_ids, input_files, json_lines, read_document, seconds, text
 from mrw.trace import Call, Trace, Workflow
 
 WHAT = "a Weka / Claude Code trace (JSON with block_size and requests)"
@@ -48,7 +48,8 @@ class _Stats:
         self.models: set[str] = set()
         self.relative_end = self.relative_spawn = self.absolute = 0
         self.background = self.empty = 0
-        self.clamped = self.full_blocks = self.mismatched = 0
+        self.clamped = 0
+        self.hashes: HashCounts | None = None
         self.unknown: set[str] = set()
 
 
@@ -85,6 +86,8 @@ class Weka(Format):
                     raise FormatError(f"{where}: block_size {bs} differs from the other traces' {block_size}; "
                                       "import them separately")
                 block_size = bs
+                if st.hashes is None:
+                    st.hashes = HashCounts(bs, "calls", "in", "the file's block_size")
                 wf = _workflow(d, where, len(workflows), bs, st, f.name.split(".")[0])
                 if wf.id in seen:
                     raise FormatError(f"{where}: trace id {wf.id!r} appears twice")
@@ -118,12 +121,7 @@ class Weka(Format):
         if st.clamped:
             notes.append(f"{st.clamped} calls' end (t + api_time) fell after a dependent call's t (t is in whole "
                          "seconds): their end is set to that t")
-        if st.full_blocks:
-            notes.append(f"{st.full_blocks} calls hash only their whole blocks (floor(in/{block_size}) hash_ids, as "
-                         "the format defines): the tokens after the last whole block share nothing at replay")
-        if st.mismatched:
-            notes.append(f"{st.mismatched} calls have a hash_ids count that is neither floor nor ceil of "
-                         f"in/{block_size}")
+        notes += st.hashes.notes()  # type: ignore[union-attr]
         if st.unknown:
             notes.append(f"fields not kept: {', '.join(sorted(st.unknown))}")
         header = import_header(self.name, path, notes, workload=workload, block_size=block_size)
@@ -157,11 +155,7 @@ def _workflow(d: dict, where: str, ordinal: int, bs: int, st: _Stats, fallback_i
                     raise FormatError(f"{rwhere}: a local hash id is 2**{_LOCAL_BITS} or more")
                 renumbered.update((h, offset | h) for h in set(hids).difference(renumbered))
                 hids = list(map(renumbered.__getitem__, hids))
-            if len(hids) != -(-n_in // bs):  # type: ignore[operator]
-                if len(hids) == n_in // bs:  # type: ignore[operator]
-                    st.full_blocks += 1
-                else:
-                    st.mismatched += 1
+            st.hashes.add(hids, n_in)  # type: ignore[union-attr,arg-type]
         api = seconds(r, "api_time", rwhere)
         ttft = seconds(r, "ttft", rwhere)
         t_end = t + api if api is not None and api >= 0 else None
