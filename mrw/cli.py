@@ -686,6 +686,24 @@ def transform(src: Path, output: Path, copies: int, stagger_s: float, out_scale:
     out.print(f"{output}: {len(trace.workflows)} workflows, {trace.n_calls} calls", highlight=False)
 
 
+def _reading_progress(src: Path):
+    """A progress bar of the bytes an import has read, on a terminal (a release is gigabytes)."""
+    import contextlib
+
+    if not console.is_terminal:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextlib.contextmanager
+    def bar():
+        with Progress(TextColumn(f"reading {src.name}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                      console=console, transient=True) as p:
+            task = p.add_task("read", total=None)
+            yield lambda done, total: p.update(task, completed=done, total=total)
+
+    return bar()
+
+
 def _tokenizer_opt(tokenizer_dir: Path | None):
     if tokenizer_dir is None:
         return None
@@ -714,8 +732,9 @@ def import_(fmt: str, src: Path, output: Path, block_size: int | None, group: st
     from mrw.formats import import_trace
     from mrw.trace import dump
 
-    trace, notes = import_trace(src, fmt, block_size=block_size, group=group,
-                                tokenizer=_tokenizer_opt(tokenizer_dir), workload=workload)
+    with _reading_progress(src) as progress:
+        trace, notes = import_trace(src, fmt, progress=progress, block_size=block_size, group=group,
+                                    tokenizer=_tokenizer_opt(tokenizer_dir), workload=workload)
     dump(trace, output)
     for n in notes:
         console.print(f"mrw: note: {fmt}: {n}", highlight=False, soft_wrap=True)

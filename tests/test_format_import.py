@@ -163,6 +163,17 @@ def test_copilot_release_layout_reads_gzip_shards(tmp_path):
     b, _ = imported("copilot-agent", shard)
     want = imported("copilot-agent")[0].to_dict()["workflows"]
     assert a.to_dict()["workflows"] == want == b.to_dict()["workflows"]
+    # the next day's shard repeats a session that crossed midnight, and has an empty one
+    day2 = tmp_path / "downloaded_data" / "date=2026-06-02" / "shard-0000.jsonl.gz"
+    day2.parent.mkdir()
+    beta = json.loads(src.read_text().splitlines()[1])
+    for c in beta["turns"][0]["llm_calls"]:
+        c["timestamp"] = c["timestamp"].replace("2026-06-01", "2026-06-02")
+    day2.write_bytes(gzip.compress(json.dumps(beta).encode() + b"\n" + b'{"session_id": "s-idle", "turns": []}\n'))
+    t, notes = imported("copilot-agent", tmp_path / "downloaded_data")
+    assert [w.id for w in t.workflows][-1] == "s-beta~2" and t.workflows[-1].arrival_s == 30.0 + 86400
+    note(notes, "1 records repeat a session_id")
+    note(notes, "1 sessions have no LLM call")
 
 
 # ---------------------------------------------------------------------------- Bailian
@@ -451,3 +462,16 @@ def test_huge_lines_and_broken_gzip_are_bounded(tmp_path, monkeypatch):
     gz.write_bytes(gzip.compress((FIXTURES["copilot-agent"] / "date=2026-06-01" / "shard-0000.jsonl").read_bytes())[:-40])
     with pytest.raises(FormatError, match="unreadable after line"):
         import_trace(gz, "copilot-agent")
+
+
+def test_import_reports_the_bytes_it_has_read(tmp_path, monkeypatch):
+    from mrw.formats import common
+
+    monkeypatch.setattr(common, "_REPORT_EVERY", 1000)
+    for name, fmt in (("copilot-agent", "copilot-agent"), ("weka", "weka"), ("azure2024.csv", "azure")):
+        seen: list[tuple[int, int]] = []
+        import_trace(DATA / name, fmt, progress=lambda done, total: seen.append((done, total)))
+        total = sum(f.stat().st_size for f in ([DATA / name] if (DATA / name).is_file() else (DATA / name).rglob("*.json*")))
+        assert seen and seen[-1] == (total, total), name
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert len(seen) >= 1 and common._meter.get() is None  # and gone after the import

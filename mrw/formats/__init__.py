@@ -84,9 +84,11 @@ def import_header(fmt: str, source: str | os.PathLike, notes: list[str], *, work
     return h
 
 
-def import_trace(path: str | os.PathLike, fmt: str, **opts: Any) -> tuple[Trace, list[str]]:
-    """Read a foreign file into a validated mrw trace; returns it and the notes."""
+def import_trace(path: str | os.PathLike, fmt: str, progress: Any = None, **opts: Any) -> tuple[Trace, list[str]]:
+    """Read a foreign file into a validated mrw trace; returns it and the notes. `progress`,
+    if given, is called with (bytes read, bytes in all) as the files are read."""
     from mrw import validate as v
+    from mrw.formats.common import reading
 
     f = get(fmt)
     if not f.can_import:
@@ -98,7 +100,8 @@ def import_trace(path: str | os.PathLike, fmt: str, **opts: Any) -> tuple[Trace,
     if looks and fmt not in looks:
         raise FormatError(f"{p} looks like {REGISTRY[looks[0]].description.split(':')[0]}, not {fmt}: "
                           f"run `mrw import {looks[0]} {p}`")
-    trace, notes = f.read(p, **opts)
+    with reading(progress):
+        trace, notes = f.read(p, **opts)
     v.raise_if_problems(v.check(trace.to_dict()), f"{p} (imported as {fmt})")
     return trace, notes
 

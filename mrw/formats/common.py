@@ -15,9 +15,10 @@ import heapq
 import math
 import re
 import zlib
+from contextvars import ContextVar
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import orjson
 
@@ -33,6 +34,48 @@ MAX_DOC = 512 << 20  # bytes in one whole-document JSON file (a Weka trace)
 MAX_ID = 512  # characters kept of a foreign identifier
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_REPORT_EVERY = 8 << 20  # bytes of a file between progress reports
+
+
+class ReadMeter:
+    """Bytes of the foreign files read so far, reported as (done, total) to `report` (the
+    progress display of `mrw import`). Installed for one import with `reading`."""
+
+    def __init__(self, report: Callable[[int, int], None]):
+        self.report = report
+        self.total = self.done = 0
+
+    def expect(self, paths: Sequence[Path]) -> None:
+        self.total = sum(p.stat().st_size for p in paths)
+
+    def file(self, path: Path) -> tuple[int, int]:
+        """(bytes before this file, its size); a lone file sets the total."""
+        size = path.stat().st_size
+        if not self.total:
+            self.total = size
+        return self.done, size
+
+    def finished(self, base: int, size: int) -> None:
+        self.done = base + size
+        self.report(self.done, max(self.total, self.done))
+
+
+_meter: ContextVar[ReadMeter | None] = ContextVar("mrw_formats_read_meter", default=None)
+
+
+def reading(report: Callable[[int, int], None] | None):
+    """Context: report the bytes read by this import's readers to `report` (None: nothing)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        token = _meter.set(ReadMeter(report) if report is not None else None)
+        try:
+            yield
+        finally:
+            _meter.reset(token)
+
+    return ctx()
 
 
 def is_gzip(path: Path) -> bool:
@@ -48,13 +91,22 @@ def read_lines(path: Path, what: str) -> Iterator[tuple[int, bytes]]:
     """(line number, stripped line) for every non-empty line of a text or gzip file, each
     line at most MAX_LINE bytes; a BOM on the first line is dropped."""
     lineno = 0
+    meter = _meter.get()
+    base, size = meter.file(path) if meter is not None else (0, 0)
+    next_report = _REPORT_EVERY
     try:
         with _open(path) as f:
+            raw = getattr(f, "fileobj", f)  # a gzip file's position in the compressed bytes
             while True:
                 line = f.readline(MAX_LINE + 1)
                 if not line:
+                    if meter is not None:
+                        meter.finished(base, size)
                     return
                 lineno += 1
+                if meter is not None and raw.tell() >= next_report:
+                    next_report = raw.tell() + _REPORT_EVERY
+                    meter.report(base + raw.tell(), meter.total)
                 if len(line) > MAX_LINE:
                     raise FormatError(f"{path}:{lineno}: a line longer than {MAX_LINE:,} bytes; is this {what}?")
                 if lineno == 1:
@@ -88,6 +140,8 @@ def read_document(path: Path, what: str) -> Any:
         raise FormatError(f"{path}: unreadable ({e}); re-download it or check the gzip") from None
     if len(data) > MAX_DOC:
         raise FormatError(f"{path}: larger than {MAX_DOC:,} bytes; is this {what}?")
+    if (meter := _meter.get()) is not None:
+        meter.finished(*meter.file(path))
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as e:
@@ -102,6 +156,8 @@ def input_files(path: Path, suffixes: tuple[str, ...], what: str) -> list[Path]:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
     if not files:
         raise FormatError(f"{path}: no {' or '.join(suffixes)} files; is this {what}?")
+    if (meter := _meter.get()) is not None:
+        meter.expect(files)
     return files
 
 

@@ -41,6 +41,7 @@ _SLACK_NS = 1_000_000  # 1 ms, the validator's slack
 class _Stats:
     def __init__(self) -> None:
         self.calls = self.no_prompt = self.untimed = self.no_duration = self.parallel = 0
+        self.repeated = self.empty = 0
         self.batches = self.unmatched_batches = 0
         self.tool_s = 0.0
         self.results: dict[str, int] = {}
@@ -65,17 +66,19 @@ class CopilotAgent(Format):
         st = _Stats()
         blocks = CachedBlocks(bs)
         workflows: list[Workflow] = []
-        seen: set[str] = set()
+        seen: dict[str, int] = {}  # session_id -> records read with it
         origin: int | None = None  # ns of the first call read; times are kept relative to it
         earliest: int | None = None
         for f in input_files(path, (".jsonl.gz", ".jsonl"), WHAT):
             for where, d in json_lines(f, WHAT):
                 sid = text(d, "session_id", where, required=True)
-                if sid in seen:
-                    raise FormatError(f"{where}: session_id {sid!r} appears twice")
-                seen.add(sid)  # type: ignore[arg-type]
+                k = seen[sid] = seen.get(sid, 0) + 1  # type: ignore[index]
+                if k > 1:  # a session in two records (one on each side of a date partition)
+                    st.repeated += 1
+                    sid = f"{sid}~{k}"
                 calls = _calls(d, where, st)
                 if not calls:
+                    st.empty += 1
                     continue
                 if origin is None:
                     origin = calls[0][0]
@@ -113,6 +116,11 @@ class CopilotAgent(Format):
         if st.no_prompt:
             notes.append(f"{st.no_prompt} LLM calls with 0 prompt tokens are left out (as the release's own analyses "
                          "leave them out)")
+        if st.repeated:
+            notes.append(f"{st.repeated} records repeat a session_id (a session on both sides of a date partition): "
+                         "each is a workflow of its own, <session_id>~2, ~3, ...")
+        if st.empty:
+            notes.append(f"{st.empty} sessions have no LLM call with a timestamp and prompt tokens: left out")
         if st.untimed:
             notes.append(f"{st.untimed} LLM calls without a readable timestamp are left out")
         if st.no_duration:
