@@ -426,6 +426,8 @@ def test_transform_in_scale_of_a_text_free_trace_is_recorded(tmp_path):
      b'"tokens": {"prompt": -5, "completion": 1}}]}]}\n', "'prompt' must be an integer"),
     ("copilot-agent", "s.jsonl", b'{"session_id": "x", "turns": "lots"}\n', "'turns' must be a list"),
     ("copilot-agent", "s.jsonl", b'{"session_id": "x", "turns": [{"llm_calls": [{"timestamp": "2026-06-01T00:00:00Z", '
+     b'"duration_ms": "long", "tokens": {"prompt": 5, "completion": 1}}]}]}\n', "'duration_ms' must be a number of ms"),
+    ("copilot-agent", "s.jsonl", b'{"session_id": "x", "turns": [{"llm_calls": [{"timestamp": "2026-06-01T00:00:00Z", '
      b'"tokens": {"prompt": 5, "completion": 1e300}}]}]}\n', "'completion' must be an integer"),
     ("bailian", "b.jsonl", b'{"chat_id": 1, "parent_chat_id": -1, "timestamp": NaN, "input_length": 1}\n', "not JSON"),
     ("bailian", "b.jsonl", b'{"chat_id": 1, "parent_chat_id": -1, "timestamp": 1e30, "input_length": 1, "output_length": 1}\n',

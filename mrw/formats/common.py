@@ -176,15 +176,17 @@ def count(d: dict, key: str, where: str, *, required: bool = True, bound: int = 
     return int(v)
 
 
-def seconds(d: dict, key: str, where: str, *, required: bool = False) -> float | None:
-    """A time or duration in seconds: a finite number within +-MAX_SECONDS."""
+def seconds(d: dict, key: str, where: str, *, required: bool = False, unit: str = "seconds") -> float | None:
+    """A time or duration in seconds (or milliseconds, unit="ms"): a finite number within
+    +-MAX_SECONDS."""
     v = d.get(key)
     if v is None:
         if required:
             raise FormatError(f"{where}: {key!r} is missing")
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > MAX_SECONDS:
-        raise FormatError(f"{where}: {key!r} must be a number of seconds, not {_short(v)}")
+    bound = MAX_SECONDS * (1000 if unit == "ms" else 1)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > bound:
+        raise FormatError(f"{where}: {key!r} must be a number of {unit}, not {_short(v)}")
     return float(v)
 
 

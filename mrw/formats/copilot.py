@@ -168,7 +168,7 @@ def _calls(d: dict, where: str, st: _Stats) -> list[tuple]:
             if start is None:
                 st.untimed += 1
                 continue
-            dur = seconds(c, "duration_ms", cw)
+            dur = seconds(c, "duration_ms", cw, unit="ms")
             if dur is None:
                 st.no_duration += 1
             model = text(c, "model", cw) or "?"
@@ -186,7 +186,7 @@ def _calls(d: dict, where: str, st: _Stats) -> list[tuple]:
             if not b.get("function_calls"):
                 continue  # as the release's loader: a batch without function calls ran nothing
             st.batches += 1
-            st.tool_s += max(0.0, seconds(b, "duration_ms", bw) or 0.0) / 1000
+            st.tool_s += max(0.0, seconds(b, "duration_ms", bw, unit="ms") or 0.0) / 1000
             if text(b, "request_id", bw) not in ids:
                 st.unmatched_batches += 1
     out.sort(key=lambda r: (r[0], r[2], r[3]))

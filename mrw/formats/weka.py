@@ -244,7 +244,7 @@ def _workflow(d: dict, where: str, ordinal: int, bs: int, st: _Stats, fallback_i
 def _subagent_base(r: dict, where: str, first_t: float, main_prev: Call | None, st: _Stats) -> float:
     """The time to add to a sub-agent's request times (0 when they are absolute)."""
     marker = seconds(r, "t", where, required=True)
-    dur_ms = seconds(r, "duration_ms", where)
+    dur_ms = seconds(r, "duration_ms", where, unit="ms")
     launched = (main_prev.t_end if main_prev.t_end is not None else main_prev.t_issue) if main_prev else 0.0
     relative = first_t + _TOL < launched if main_prev is not None else first_t == 0.0
     if not relative:
