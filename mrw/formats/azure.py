@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mrw.formats import Format, FormatError, import_header, issue_time, register
-from mrw.formats.common import MAX_TOKENS, iso_utc, parse_time_ns, read_lines
+from mrw.formats.common import MAX_TOKENS, iso_utc, listed, parse_time_ns, read_lines
 from mrw.trace import Call, Trace, Workflow, write_atomic
 
 REQUIRED = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -103,7 +103,7 @@ class Azure(Format):
             notes.append(f"{with_images} requests carry images (NumImages, kept as the workflow tag num_images): "
                          "replay sends their ContextTokens as text, no images")
         if others:
-            notes.append(f"columns not kept: {', '.join(others)}")
+            notes.append(f"columns not kept: {listed(others)}")
         header = import_header(self.name, path, notes, workload=workload)
         header.extra["import"]["start"] = start
         return Trace(header=header, workflows=workflows), notes

@@ -213,6 +213,12 @@ def hash_ids(d: dict, key: str, where: str) -> list[int] | None:
     return v
 
 
+def listed(names: Any, most: int = 12) -> str:
+    """Names for a note, sorted, each and their number bounded (a hostile file has millions)."""
+    shown = sorted(str(n)[:60] for n in names)
+    return ", ".join(shown[:most]) + (f", ... ({len(shown)} in all)" if len(shown) > most else "")
+
+
 def _short(v: Any) -> str:
     s = repr(v)
     return s if len(s) <= 40 else s[:37] + "..."

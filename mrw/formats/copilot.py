@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from mrw.formats import Format, FormatError, import_header, register
-from mrw.formats.common import (CachedBlocks, count, happens_before, input_files, iso_utc, json_lines, parse_time_ns,
-                                seconds, text)
+from mrw.formats.common import (CachedBlocks, count, happens_before, input_files, iso_utc, json_lines, listed,
+                                parse_time_ns, seconds, text)
 from mrw.trace import Call, Trace, Workflow
 
 DEFAULT_BLOCK_SIZE = 64
@@ -105,7 +105,7 @@ class CopilotAgent(Format):
             "no text; not kept: message_metadata (prompt segment types and sizes), tool names and statuses, "
             "turn ids and message ids (turn and call order are in the call id <session>.t<turn>.c<call>)",
             f"the model label is the call's node; replay uses the served model for every call "
-            f"(labels: {', '.join(sorted(st.models)[:12])}{', ...' if len(st.models) > 12 else ''})",
+            f"(labels: {listed(st.models)})",
             f"times are seconds after the first call ({iso_utc(earliest)})",  # type: ignore[arg-type]
         ]
         if st.parallel:

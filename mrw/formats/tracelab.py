@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from mrw.formats import Format, FormatError, import_header, register
-from mrw.formats.common import (CachedBlocks, count, happens_before, input_files, iso_utc, json_lines, parse_time_ns,
-                                text)
+from mrw.formats.common import (CachedBlocks, count, happens_before, input_files, iso_utc, json_lines, listed,
+                                parse_time_ns, text)
 from mrw.trace import Call, Trace, Workflow
 
 DEFAULT_BLOCK_SIZE = 64
@@ -100,7 +100,7 @@ class TraceLab(Format):
             "each is its own workflow",
             "no text, no first-token times (event timestamps are per content block, not per token); not kept: "
             "tools, per-round models (a round's model is its node), provider, project, user",
-            f"times are seconds after the first round ({iso_utc(t0)}); providers: {', '.join(sorted(providers))}",
+            f"times are seconds after the first round ({iso_utc(t0)}); providers: {listed(providers)}",
         ]
         if (note := blocks.unplaced_note("round")) is not None:
             notes.append(note)

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from mrw.formats import Format, FormatError, import_header, register
-from mrw.formats.common import HashCounts, count, hash_ids, input_files, json_lines, read_document, seconds, text
+from mrw.formats.common import (HashCounts, count, hash_ids, input_files, json_lines, listed, read_document, seconds,
+                                text)
 from mrw.trace import Call, Trace, Workflow
 
 WHAT = "a Weka / Claude Code trace (JSON with block_size and requests)"
@@ -106,7 +107,7 @@ class Weka(Format):
             "is replayed streamed), agent ids (sub-agents are numbered sa0, sa1, ... in call ids)",
         ]
         if st.models:
-            notes.append(f"models in the trace (replay uses the served model for all): {', '.join(sorted(st.models))}")
+            notes.append(f"models in the trace (replay uses the served model for all): {listed(st.models)}")
         if st.relative_end:
             notes.append(f"{st.relative_end} sub-agents' request times were relative to the sub-agent's start, "
                          "taken as the marker's t minus duration_ms (the marker records its end)")
@@ -123,7 +124,7 @@ class Weka(Format):
                          "seconds): their end is set to that t")
         notes += st.hashes.notes()  # type: ignore[union-attr]
         if st.unknown:
-            notes.append(f"fields not kept: {', '.join(sorted(st.unknown))}")
+            notes.append(f"fields not kept: {listed(st.unknown)}")
         header = import_header(self.name, path, notes, workload=workload, block_size=block_size)
         return Trace(header=header, workflows=workflows), notes
 
