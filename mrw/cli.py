@@ -84,7 +84,8 @@ def validate(files: tuple[Path, ...], quiet: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--workflows", "show_workflows", is_flag=True, help="Also list every workflow's shape.")
 def info(file: Path, as_json: bool, show_workflows: bool) -> None:
-    """Summarise a trace: workflows, calls, DAG depth/width, critical path, tokens, prefix sharing."""
+    """Summarise a trace: workflows and their arrivals, calls, DAG depth/width and dependencies,
+    tokens, waits, critical path, prefix sharing (for any trace, recorded or imported)."""
     import orjson
 
     from mrw.info import trace_info
@@ -104,15 +105,20 @@ def info(file: Path, as_json: bool, show_workflows: bool) -> None:
     t.add_column(style="bold")
     t.add_column()
     ra = summary.recorded_against
+    ins, outs, waits = summary.input_tokens_spread, summary.output_tokens_spread, summary.wait_spread
     rows = [
         ("workload", summary.workload),
         ("recorded against", ", ".join(f"{k}={v}" for k, v in ra.items() if v) or "-"),
         ("workflows", f"{summary.workflows}"),
+        ("arrivals", _arrivals(summary)),
         ("calls", f"{summary.calls} ({summary.calls_per_workflow:.1f} per workflow)"),
         ("DAG depth / width (max)", f"{summary.depth_max} / {summary.width_max}"),
-        ("input tokens", f"{summary.input_tokens:,} (mean {summary.mean_input_tokens:,.0f} per call)"),
-        ("output tokens", f"{summary.output_tokens:,} (mean {summary.mean_output_tokens:,.0f} per call)"),
-        ("tool/think wait", f"{summary.total_wait_s:.2f} s in all"),
+        ("dependencies", f"{summary.dependency_edges:,} edges: {summary.calls_with_deps:,} calls wait for others, "
+                         f"{summary.joins:,} for two or more; a call is waited for by at most {summary.fan_out_max}"),
+        ("input tokens", f"{summary.input_tokens:,} (mean {summary.mean_input_tokens:,.0f} per call{_spread(ins)})"),
+        ("output tokens", f"{summary.output_tokens:,} (mean {summary.mean_output_tokens:,.0f} per call{_spread(outs)})"),
+        ("tool/think wait", f"{summary.total_wait_s:.2f} s in all"
+                            + (f"; {summary.waiting_calls:,} calls wait{_spread(waits, ' s')}" if waits else "")),
         (
             "critical path (mean)",
             f"{summary.critical_path_s_mean:.2f} s" if summary.critical_path_s_mean is not None else "no timings",
@@ -123,7 +129,7 @@ def info(file: Path, as_json: bool, show_workflows: bool) -> None:
             if summary.shared_prefix_share is not None
             else "unknown (no text or hashes)",
         ),
-        ("recorded duration", f"{summary.duration_s:.1f} s" if summary.duration_s is not None else "-"),
+        ("recorded span", _recorded_span(summary)),
         ("calls per node", ", ".join(f"{k}: {v}" for k, v in summary.nodes.items())),
     ]
     for k, v in rows:
@@ -141,6 +147,29 @@ def info(file: Path, as_json: bool, show_workflows: bool) -> None:
                 f"{s.makespan_s:.2f}" if s.makespan_s is not None else "-",
             )
         out.print(wt)
+
+def _spread(sp, unit: str = "") -> str:
+    if sp is None:
+        return ""
+    f = (lambda x: f"{x:,.2f}{unit}") if unit else (lambda x: f"{x:,.0f}")
+    return f"; p50 {f(sp.p50)}, p99 {f(sp.p99)}, max {f(sp.max)}"
+
+
+def _arrivals(summary) -> str:
+    if summary.workflows <= 1 or summary.arrival_rate_per_s is None:
+        return "all at once" if summary.workflows > 1 else "one workflow"
+    span = summary.arrival_span_s
+    shown = f"{span:,.1f}" if span >= 1 else f"{span:.2g}"
+    return f"over {shown} s ({summary.arrival_rate_per_s:,.3g} workflows/s)"
+
+
+def _recorded_span(summary) -> str:
+    if summary.recorded_span_s is None:
+        return "no recorded times"
+    if summary.duration_s is None:
+        return f"{summary.recorded_span_s:,.1f} s, first to last issue (no end times recorded)"
+    return f"{summary.recorded_span_s:,.1f} s, first issue to last end"
+
 
 # ---------------------------------------------------------------------------- sweep / compare
 
@@ -657,6 +686,24 @@ def transform(src: Path, output: Path, copies: int, stagger_s: float, out_scale:
     out.print(f"{output}: {len(trace.workflows)} workflows, {trace.n_calls} calls", highlight=False)
 
 
+def _reading_progress(src: Path):
+    """A progress bar of the bytes an import has read, on a terminal (a release is gigabytes)."""
+    import contextlib
+
+    if not console.is_terminal:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextlib.contextmanager
+    def bar():
+        with Progress(TextColumn(f"reading {src.name}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                      console=console, transient=True) as p:
+            task = p.add_task("read", total=None)
+            yield lambda done, total: p.update(task, completed=done, total=total)
+
+    return bar()
+
+
 def _tokenizer_opt(tokenizer_dir: Path | None):
     if tokenizer_dir is None:
         return None
@@ -669,7 +716,8 @@ def _tokenizer_opt(tokenizer_dir: Path | None):
 @click.argument("fmt", metavar="FORMAT")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="mrw trace to write.")
-@click.option("--block-size", type=int, help="Tokens per hash_ids block (mooncake; default 512).")
+@click.option("--block-size", type=click.IntRange(min=1), help="Tokens per hash_ids block (mooncake: 512, bailian: 16; "
+              "copilot-agent, tracelab: the block size cached tokens are cut into, 64).")
 @click.option("--group", type=click.Choice(["none", "session"]), default="none", show_default=True,
               help="mooncake: make one workflow per AIPerf session_id (a chain of turns).")
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
@@ -677,13 +725,16 @@ def _tokenizer_opt(tokenizer_dir: Path | None):
 @click.option("--workload", help="Workload name for the header (default: the format).")
 def import_(fmt: str, src: Path, output: Path, block_size: int | None, group: str, tokenizer_dir: Path | None,
             workload: str | None) -> None:
-    """Import a foreign trace (FORMAT: mooncake, azure, aiperf-dag, otel) as an mrw trace.
-    What the format cannot express is printed and kept in the header's extra.import."""
+    """Import a foreign trace as an mrw trace. FORMAT: mooncake, bailian, azure, weka, tracelab,
+    copilot-agent, aiperf-dag, otel (docs/sharing.md). SRC is a file or, for weka, tracelab and
+    copilot-agent, a directory of them (gzip is read as it is). What the format cannot express
+    is printed and kept in the header's extra.import; a file of another format is named as such."""
     from mrw.formats import import_trace
     from mrw.trace import dump
 
-    trace, notes = import_trace(src, fmt, block_size=block_size, group=group,
-                                tokenizer=_tokenizer_opt(tokenizer_dir), workload=workload)
+    with _reading_progress(src) as progress:
+        trace, notes = import_trace(src, fmt, progress=progress, block_size=block_size, group=group,
+                                    tokenizer=_tokenizer_opt(tokenizer_dir), workload=workload)
     dump(trace, output)
     for n in notes:
         console.print(f"mrw: note: {fmt}: {n}", highlight=False, soft_wrap=True)
@@ -699,7 +750,7 @@ def import_(fmt: str, src: Path, output: Path, block_size: int | None, group: st
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Tokenizer directory: hash text prompts (mooncake) or synthesise text for text-free calls.")
 def export(fmt: str, src: Path, output: Path, block_size: int | None, tokenizer_dir: Path | None) -> None:
-    """Export an mrw trace to a foreign FORMAT (mooncake, aiperf-dag, otel); prints what is lost."""
+    """Export an mrw trace to a foreign FORMAT (mooncake, azure, aiperf-dag, otel); prints what is lost."""
     from mrw.formats import export_trace
     from mrw.trace import load
 

@@ -1,5 +1,7 @@
-"""The shape of a trace, as `mrw info` prints it: sizes, DAG depth and width, critical path,
-tokens and prefix sharing."""
+"""The shape of a trace, as `mrw info` prints it: sizes, arrivals, DAG depth and width,
+dependencies, critical path, tokens, waits and prefix sharing. Everything is computed from what
+any trace has (arrivals, token counts, deps, waits), so an imported trace without recorded
+end times or text gets the same summary as a recorded one."""
 
 from __future__ import annotations
 
@@ -10,6 +12,24 @@ from mrw.trace import Trace, Workflow
 
 # Characters per block when sharing is measured on text (about 16 tokens of English).
 TEXT_BLOCK_CHARS = 64
+
+
+@dataclass(slots=True)
+class Spread:
+    """A distribution in four numbers (nearest-rank percentiles)."""
+
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+
+def spread(values: list[float]) -> Spread | None:
+    if not values:
+        return None
+    v = sorted(values)
+    n = len(v)
+    return Spread(*(v[min(n - 1, max(0, -(-n * q // 100) - 1))] for q in (50, 90, 99)), v[-1])
 
 
 @dataclass(slots=True)
@@ -39,8 +59,19 @@ class TraceInfo:
     shared_prefix_share: float | None  # fraction of prompt blocks an unbounded prefix cache would hit
     shared_prefix_basis: str  # "hash_ids" (tokens), "text" (characters) or "none"
     nodes: dict[str, int]
-    duration_s: float | None
+    duration_s: float | None  # the last recorded end, from the trace start
     recorded_against: dict
+    arrival_span_s: float  # first to last workflow arrival
+    arrival_rate_per_s: float | None  # workflows per second over that span (None: all arrive at once)
+    recorded_span_s: float | None  # first recorded issue to the last recorded end (or issue, when no ends)
+    input_tokens_spread: Spread | None
+    output_tokens_spread: Spread | None
+    dependency_edges: int
+    calls_with_deps: int
+    joins: int  # calls that wait for two or more calls
+    fan_out_max: int  # most calls that wait for one call
+    waiting_calls: int  # calls with a wait > 0
+    wait_spread: Spread | None  # of the waits > 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +128,14 @@ def trace_info(trace: Trace) -> tuple[TraceInfo, list[WorkflowShape]]:
     share, basis = shared_prefix(trace)
     cps = [s.critical_path_s for s in shapes if s.critical_path_s is not None]
     ends = [c.t_end for c in calls if c.t_end is not None]
+    issues = [c.t_issue for c in calls if c.t_issue is not None]
+    arrivals = [w.arrival_s for w in trace.workflows]
+    span = max(arrivals) - min(arrivals) if arrivals else 0.0
+    fan_out: dict[str, int] = {}
+    for c in calls:
+        for d in c.deps:
+            fan_out[d] = fan_out.get(d, 0) + 1
+    waits = [c.wait_s for c in calls if c.wait_s > 0]
     info = TraceInfo(
         workload=trace.header.workload,
         workflows=len(trace.workflows),
@@ -115,5 +154,16 @@ def trace_info(trace: Trace) -> tuple[TraceInfo, list[WorkflowShape]]:
         nodes=nodes,
         duration_s=max(ends) if ends else None,
         recorded_against=trace.header.recorded_against,
+        arrival_span_s=span,
+        arrival_rate_per_s=(len(arrivals) - 1) / span if span > 0 else None,
+        recorded_span_s=max(ends or issues) - min(issues) if issues else None,
+        input_tokens_spread=spread([c.input_tokens for c in calls]),
+        output_tokens_spread=spread([c.output_tokens for c in calls]),
+        dependency_edges=sum(len(c.deps) for c in calls),
+        calls_with_deps=sum(1 for c in calls if c.deps),
+        joins=sum(1 for c in calls if len(c.deps) >= 2),
+        fan_out_max=max(fan_out.values(), default=0),
+        waiting_calls=len(waits),
+        wait_spread=spread(waits),
     )
     return info, shapes

@@ -283,6 +283,18 @@ def replicate(
     return Trace(header=header, workflows=workflows)
 
 
+def _input_provenance(counted: int, estimated: int, scaled: int, in_scale: float, counter: str | None) -> str:
+    """How this step set input_tokens, for header.extra.transform: every way that applied."""
+    how = []
+    if counted:
+        how.append(f"counted with {counter or 'a tokenizer'}")
+    if estimated:
+        how.append("estimated from characters")
+    if scaled:
+        how.append(f"scaled by {in_scale:g} and rounded (calls without text)")
+    return "; ".join(how) or "unchanged"
+
+
 def scale_trace(
     trace: Trace,
     out_scale: float = 1.0,
@@ -312,7 +324,7 @@ def scale_trace(
     new_outputs = t.recorded_outputs()
 
     # 2. inputs: literal segments resized; refs kept; token counts recounted or estimated.
-    estimated = 0
+    estimated = counted = scaled = 0
     for (_, c), (_, c0) in zip(t.calls(), trace.calls()):
         if sc.in_scale != 1.0:
             if c.messages is not None:
@@ -323,6 +335,7 @@ def scale_trace(
         if not c.has_text:
             if sc.in_scale != 1.0:
                 c.input_tokens = scaled_tokens(c.input_tokens, sc.in_scale)
+                scaled += 1
                 if c.hash_ids is not None and t.header.block_size:
                     bs = t.header.block_size
                     c.hash_ids = extend_hashes(c.hash_ids, -(-c.input_tokens // bs))
@@ -331,6 +344,7 @@ def scale_trace(
             c.hash_ids = None  # hashes of the old text no longer describe the new prompt
         if count_tokens is not None:
             c.input_tokens = count_tokens(c, new_outputs)
+            counted += 1
         elif not sc.identity:
             c.input_tokens = _estimate_input_tokens(c0, c, old_outputs, new_outputs)
             estimated += 1
@@ -346,11 +360,7 @@ def scale_trace(
         "in_scale": composed_in,
         "steps": [*prev.get("steps", []), {"out_scale": sc.out_scale, "in_scale": sc.in_scale}],
         "source_sha256": prev.get("source_sha256", source_sha256),
-        "input_tokens": (
-            f"counted with {token_counter_name or 'a tokenizer'}"
-            if count_tokens is not None
-            else ("estimated from characters" if estimated else "unchanged")
-        ),
+        "input_tokens": _input_provenance(counted, estimated, scaled, sc.in_scale, token_counter_name),
         "note": "recorded timestamps are those of the source recording",
     }
     return t

@@ -31,7 +31,7 @@ def by_issue(trace):
 
 
 def test_registry_lists_every_format():
-    assert names() == ["aiperf-dag", "azure", "mooncake", "otel"]
+    assert names() == ["aiperf-dag", "azure", "bailian", "copilot-agent", "mooncake", "otel", "tracelab", "weka"]
     r = run("import", "nope", "x", "-o", "y")
     assert r.exit_code != 0
 
@@ -134,7 +134,7 @@ def test_azure_import(tmp_path):
     bad.write_text("time,in,out\n1,2,3\n")
     assert run("import", "azure", bad, "-o", out).exit_code != 0
     with pytest.raises(FormatError, match="only be imported"):
-        export_trace(t, tmp_path / "x.csv", "azure")
+        export_trace(t, tmp_path / "x.json", "bailian")
 
 
 # ---------------------------------------------------------------------------- OTel

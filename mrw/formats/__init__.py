@@ -8,6 +8,10 @@ so nothing a format lacks is ever silently invented or silently dropped.
 
 Adding a format: one module here with a `Format` subclass decorated with `@register`, and
 an entry in `_MODULES`; the round-trip tests in tests/test_formats.py are what it must pass.
+A format that can tell its own files (`looks_like`) lets `mrw import` name the right format
+when a file is given to the wrong one (a Bailian trace to `mooncake`, a Mooncake trace to
+`aiperf-dag`) instead of misreading it. What importers share (bounded line reading, fields,
+timestamps) is in `mrw.formats.common`.
 """
 
 from __future__ import annotations
@@ -38,10 +42,16 @@ class Format(abc.ABC):
     def write(self, trace: Trace, path: Path, **opts: Any) -> list[str]:
         raise FormatError(f"format {self.name!r} can only be imported, not exported")
 
+    def looks_like(self, head: bytes, first: dict | None) -> bool:
+        """Whether a file is of this format, from its first bytes (`head`, decompressed) and its
+        first line parsed as a JSON object (`first`, None if it is not one). Specific enough
+        that no other format's files match."""
+        return False
+
 
 REGISTRY: dict[str, type[Format]] = {}
 # Modules that register formats; imported on first use so `mrw --help` stays fast.
-_MODULES = ("mooncake", "azure", "aiperf", "otel")
+_MODULES = ("mooncake", "bailian", "azure", "aiperf", "otel", "weka", "tracelab", "copilot")
 
 
 def register(cls: type[Format]) -> type[Format]:
@@ -74,9 +84,11 @@ def import_header(fmt: str, source: str | os.PathLike, notes: list[str], *, work
     return h
 
 
-def import_trace(path: str | os.PathLike, fmt: str, **opts: Any) -> tuple[Trace, list[str]]:
-    """Read a foreign file into a validated mrw trace; returns it and the notes."""
+def import_trace(path: str | os.PathLike, fmt: str, progress: Any = None, **opts: Any) -> tuple[Trace, list[str]]:
+    """Read a foreign file into a validated mrw trace; returns it and the notes. `progress`,
+    if given, is called with (bytes read, bytes in all) as the files are read."""
     from mrw import validate as v
+    from mrw.formats.common import reading
 
     f = get(fmt)
     if not f.can_import:
@@ -84,9 +96,51 @@ def import_trace(path: str | os.PathLike, fmt: str, **opts: Any) -> tuple[Trace,
     p = Path(path)
     if not p.exists():
         raise FormatError(f"{p}: no such file or directory")
-    trace, notes = f.read(p, **opts)
+    looks = detect(p)
+    if looks and fmt not in looks:
+        raise FormatError(f"{p} looks like {REGISTRY[looks[0]].description.split(':')[0]}, not {fmt}: "
+                          f"run `mrw import {looks[0]} {p}`")
+    with reading(progress):
+        trace, notes = f.read(p, **opts)
     v.raise_if_problems(v.check(trace.to_dict()), f"{p} (imported as {fmt})")
     return trace, notes
+
+
+_SNIFF_BYTES = 1 << 20
+_SNIFF_SUFFIXES = (".json", ".jsonl", ".gz", ".csv")
+
+
+def detect(path: Path) -> list[str]:
+    """The formats whose `looks_like` accepts the file (or, for a directory, its first file
+    with a trace-like name); [] when none does or the file cannot be read."""
+    import gzip
+    import zlib
+
+    import orjson
+
+    _load_all()
+    if path.is_dir():
+        files = sorted(q for q in path.rglob("*") if q.is_file() and q.name.endswith(_SNIFF_SUFFIXES))
+        if not files:
+            return []
+        path = files[0]
+    try:
+        with path.open("rb") as f:
+            head = f.read(_SNIFF_BYTES)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as g:
+                head = g.read(_SNIFF_BYTES)
+    except (OSError, EOFError, zlib.error):
+        return []
+    head = head.removeprefix(b"\xef\xbb\xbf")
+    first: dict | None = None
+    line = head.lstrip().split(b"\n", 1)[0]
+    try:
+        d = orjson.loads(line)
+        first = d if isinstance(d, dict) else None
+    except orjson.JSONDecodeError:
+        pass
+    return [n for n, cls in sorted(REGISTRY.items()) if cls().looks_like(head, first)]
 
 
 def export_trace(trace: Trace, path: str | os.PathLike, fmt: str, **opts: Any) -> list[str]:

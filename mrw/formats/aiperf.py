@@ -75,6 +75,13 @@ class AIPerfDag(Format):
     name = "aiperf-dag"
     description = "AIPerf dag_jsonl: sessions with turns, spawns/forks and orchestrator rounds"
 
+    def looks_like(self, head: bytes, first: dict | None) -> bool:
+        if first is None or not isinstance(first.get("session_id"), str):
+            return False
+        turns = first.get("turns")
+        return first.get("orchestrator") is True or (
+            isinstance(turns, list) and bool(turns) and isinstance(turns[0], dict) and "messages" in turns[0])
+
     # ------------------------------------------------------------------ export
 
     def write(self, trace: Trace, path: Path, *, tokenizer: Any = None, **_: Any) -> list[str]:

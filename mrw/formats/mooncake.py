@@ -20,18 +20,12 @@ from typing import Any
 import orjson
 
 from mrw.formats import Format, FormatError, import_header, issue_time, register
+from mrw.formats.common import MAX_SECONDS, HashCounts, count, hash_ids, json_lines
 from mrw.trace import Call, Trace, Workflow
 
 DEFAULT_BLOCK_SIZE = 512  # the published Mooncake traces, and AIPerf's --isl-block-size default
-
-
-def _int(d: dict, key: str, where: str, required: bool = True) -> int | None:
-    v = d.get(key)
-    if v is None and not required:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or int(v) != v:
-        raise FormatError(f"{where}: {key!r} must be a non-negative integer, not {v!r}")
-    return int(v)
+_MAX_MS = int(MAX_SECONDS * 1000)
+WHAT = "a Mooncake JSONL trace"
 
 
 @register
@@ -39,23 +33,20 @@ class Mooncake(Format):
     name = "mooncake"
     description = "Mooncake JSONL: timestamp (ms), input_length, output_length, hash_ids"
 
+    def looks_like(self, head: bytes, first: dict | None) -> bool:
+        return (first is not None and "input_length" in first and "output_length" in first
+                and "chat_id" not in first and "parent_chat_id" not in first and "turns" not in first)
+
     def read(self, path: Path, *, block_size: int | None = None, group: str = "none", workload: str | None = None, **_: Any):
         if group not in ("none", "session"):
             raise FormatError(f"group must be 'none' or 'session', not {group!r}")
         bs = block_size or DEFAULT_BLOCK_SIZE
-        rows: list[tuple[int, dict]] = []
-        with path.open("rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                raw = raw.strip()
-                if not raw:
-                    continue
-                try:
-                    d = orjson.loads(raw)
-                except orjson.JSONDecodeError as e:
-                    raise FormatError(f"{path}:{lineno}: not JSON ({e.msg}); is this a Mooncake JSONL trace?") from None
-                if not isinstance(d, dict):
-                    raise FormatError(f"{path}:{lineno}: a line must be a JSON object")
-                rows.append((lineno, d))
+        rows: list[tuple[str, dict]] = []
+        for where, d in json_lines(path, WHAT):
+            if "parent_chat_id" in d or "chat_id" in d:
+                raise FormatError(f"{where}: has chat_id/parent_chat_id: a Qwen-Bailian trace (timestamps in seconds, "
+                                  f"parent links), not Mooncake; run `mrw import bailian {path}`")
+            rows.append((where, d))
         if not rows:
             raise FormatError(f"{path}: no requests")
         notes = [
@@ -63,24 +54,20 @@ class Mooncake(Format):
             "no first-token or end times: only issue times (ms)",
             "no node names: every call is node 'request'",
         ]
-        mismatched = 0
+        counts = HashCounts(bs)
         has_hash = any("hash_ids" in d for _, d in rows)
         calls_by_wf: dict[str, list[tuple[Call, float | None]]] = {}
         order: list[str] = []
-        for i, (lineno, d) in enumerate(rows):
-            where = f"{path}:{lineno}"
-            n_in = _int(d, "input_length", where, required="text_input" not in d)
+        for i, (where, d) in enumerate(rows):
+            n_in = count(d, "input_length", where, required="text_input" not in d)
             if n_in is None:
                 raise FormatError(f"{where}: has text_input but no input_length; mrw needs token counts (add input_length)")
-            n_out = _int(d, "output_length", where)
-            ts = _int(d, "timestamp", where, required=False)
-            delay = _int(d, "delay", where, required=False)
-            hids = d.get("hash_ids")
+            n_out = count(d, "output_length", where)
+            ts = count(d, "timestamp", where, required=False, bound=_MAX_MS)
+            delay = count(d, "delay", where, required=False, bound=_MAX_MS)
+            hids = hash_ids(d, "hash_ids", where)
             if hids is not None:
-                if not isinstance(hids, list) or not all(isinstance(h, int) and not isinstance(h, bool) for h in hids):
-                    raise FormatError(f"{where}: hash_ids must be a list of integers")
-                if len(hids) != -(-n_in // bs):
-                    mismatched += 1
+                counts.add(hids, n_in)
             sid = d.get("session_id") if group == "session" else None
             wid = str(sid) if sid is not None else f"m{i}"
             if wid not in calls_by_wf:
@@ -107,7 +94,7 @@ class Mooncake(Format):
             calls = [c for c, _ in calls_by_wf[wid]]
             times = [t for _, t in calls_by_wf[wid] if t is not None]
             arrival = min(times) if times else 0.0
-            untimed += sum(1 for c in calls if c.t_issue is None)
+            untimed += not times  # later turns without one follow their previous turn: they have no arrival
             if len(calls) > 1:  # a session: later turns' timestamps, if any, are kept; the chain is the order
                 for c in calls:
                     if c.t_issue is not None and c.t_issue < arrival:
@@ -118,14 +105,11 @@ class Mooncake(Format):
         else:
             notes.insert(0, "no dependencies: every request is its own workflow (--group session makes AIPerf session_id chains)")
         if untimed:
-            notes.append(f"{untimed} requests have no timestamp; they arrive at 0 s")
+            what = "sessions have" if group == "session" else "requests have"
+            notes.append(f"{untimed} {what} no timestamp; they arrive at 0 s")
         if not has_hash:
             notes.append("no hash_ids: nothing is known about prefix sharing; replay prompts share nothing")
-        if mismatched:
-            notes.append(
-                f"{mismatched} requests have a hash_ids count that does not match ceil(input_length/{bs}); "
-                "is the block size right (--block-size)?"
-            )
+        notes += counts.notes()
         header = import_header(self.name, path, notes, workload=workload, block_size=bs if has_hash else None)
         return Trace(header=header, workflows=workflows), notes
 

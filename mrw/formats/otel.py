@@ -101,6 +101,9 @@ class OTel(Format):
 
     # ------------------------------------------------------------------ import
 
+    def looks_like(self, head: bytes, first: dict | None) -> bool:
+        return b'"spans"' in head and b"gen_ai." in head
+
     def read(self, path: Path, *, tokenizer: Any = None, workload: str | None = None, **_: Any):
         files = sorted(p for p in path.iterdir() if p.suffix == ".json") if path.is_dir() else [path]
         if not files:
