@@ -111,16 +111,20 @@ def local_corpus() -> list[str]:
              "subprocess", "argparse", "dataclasses", "typing", "re", "string", "textwrap", "datetime",
              "random", "statistics", "decimal", "fractions", "heapq", "bisect", "socket", "http.client",
              "email", "csv", "sqlite3", "unittest", "threading", "queue", "shutil", "tempfile", "zipfile"]
+    import warnings
+
     texts: list[str] = []
-    for n in names:
-        try:
-            mod = __import__(n, fromlist=["_"])
-        except Exception:  # pragma: no cover - platform-specific modules
-            continue
-        for obj in [mod, *vars(mod).values()]:
-            doc = getattr(obj, "__doc__", None)
-            if isinstance(doc, str) and len(doc) > 40:
-                texts.append(doc)
+    with warnings.catch_warnings():  # some module attributes warn when touched (typing.io)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for n in names:
+            try:
+                mod = __import__(n, fromlist=["_"])
+            except Exception:  # pragma: no cover - platform-specific modules
+                continue
+            for obj in [mod, *vars(mod).values()]:
+                doc = getattr(obj, "__doc__", None)
+                if isinstance(doc, str) and len(doc) > 40:
+                    texts.append(doc)
     del sys
     return texts
 

@@ -169,7 +169,8 @@ def check_feasible(trace: Trace, workflows: list[Workflow], caps: Capabilities, 
     if textless:
         if not caps.token_id_prompts:
             raise NotSupportedError(f"{textless} call(s) have no text (hash_ids or token counts only) and this engine "
-                                    "cannot take token-id prompts")
+                                    "cannot take token-id prompts; a server whose /v1/completions takes them (vLLM, SGLang): "
+                                    "--openai-supports token_ids")
         first = next(c for w in workflows for c in w.calls if not c.has_text)
         synth_prompt(first, trace.header)  # raises the one clear error if it cannot work
         notes.append(f"{textless} text-free call(s) replayed with synthetic token-id prompts of their recorded lengths "

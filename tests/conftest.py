@@ -26,6 +26,14 @@ def tiny() -> ModelSpec:
 
 
 @pytest.fixture(scope="session")
+def other_tiny() -> ModelSpec:
+    """A tiny model with another vocabulary (tests/other_vocab.py), built once."""
+    from other_vocab import other_vocab_model
+
+    return other_vocab_model()
+
+
+@pytest.fixture(scope="session")
 def vllm_server(tiny: ModelSpec, tmp_path_factory: pytest.TempPathFactory):
     """One real vLLM server for the whole session; tests must not stop it."""
     _need_vllm()
