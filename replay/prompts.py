@@ -498,9 +498,9 @@ class PromptStore:
         self.build_s += time.perf_counter() - t0
         self.all_ahead = everything
 
-    async def fill(self, now: Callable[[], float], next_deadline: Callable[[], float | None]) -> None:
-        """During the run: keep building in due order, a slice at a time, away from deadlines,
-        within the budget and the horizon."""
+    async def fill(self, now: Callable[[], float], timer: Any = None) -> None:
+        """During the run: keep building in due order, a slice at a time, away from deadlines
+        (`timer`: the scheduler's DeadlineTimer), within the budget and the horizon."""
         self._room = asyncio.Event()
         while self._pos < len(self.order):
             c, wf = self.order[self._pos]
@@ -519,8 +519,8 @@ class PromptStore:
             for _ in self._build(c, wf):
                 self.build_s += time.perf_counter() - t
                 await asyncio.sleep(0)
-                while (d := next_deadline()) is not None and d - time.perf_counter() < SLICE_GUARD_S:
-                    await asyncio.sleep(0)
+                while timer is not None and (d := timer.next_deadline()) is not None and d - time.perf_counter() < SLICE_GUARD_S:
+                    await timer.wait_until(d + 100e-6)  # what is due goes out first
                 t = time.perf_counter()
                 if c.id in self.done:  # taken (built at issue) meanwhile
                     break
@@ -587,6 +587,12 @@ def _due_order(workflows: list[Workflow], arrivals: list[float], wait_scale: flo
     items: list[tuple[float, int, Call, str]] = []
     k = 0
     for w, t in zip(workflows, arrivals):
+        if len(w.calls) == 1:
+            c = w.calls[0]
+            due[c.id] = start = t + c.wait_s * wait_scale
+            items.append((start, k, c, w.id))
+            k += 1
+            continue
         ends: dict[str, float] = {}
         for c in w.topo_order():
             start = max((ends[d] for d in c.deps), default=t) + c.wait_s * wait_scale

@@ -291,7 +291,7 @@ class Scheduler:
         arrivals = loop.create_task(self._arrive_all(), name="arrivals")
         window = None
         if self.prompts is not None and self.prompts.pending and not self.whole_workflow:
-            window = loop.create_task(self.prompts.fill(self.now, self._timer.next_deadline), name="prompts")
+            window = loop.create_task(self.prompts.fill(self.now, self._timer), name="prompts")
         try:
             await self._done
         finally:

@@ -187,7 +187,7 @@ def test_the_window_builds_the_rest_within_its_budget(text_trace, other_tiny):
 
     async def consume() -> list[dict]:
         t0 = asyncio.get_running_loop().time()
-        window = asyncio.ensure_future(store.fill(lambda: asyncio.get_running_loop().time() - t0, lambda: None))
+        window = asyncio.ensure_future(store.fill(lambda: asyncio.get_running_loop().time() - t0))
         got = []
         for c, wf in list(store.order):
             while c.id not in store.ready and not window.done():
@@ -212,3 +212,46 @@ def test_a_call_the_window_did_not_reach_is_built_when_due(text_trace, other_tin
     c, _ = store.order[-1]
     assert body_of(store, c, {})["prompt"] == ids_of(plan, c)
     assert store.built_at_issue == 1
+
+
+def test_the_window_waits_out_a_near_deadline_before_its_next_slice(text_trace, other_tiny):
+    import time
+
+    eng = engine_for_encoding()
+    plan = make_plan(text_trace, text_trace.workflows, "recorded", served=lambda: local_served(other_tiny.path))
+    opts = ReplayOptions()
+    store = PromptStore(text_trace, text_trace.workflows, plan, eng, opts, text_trace.recorded_outputs(),
+                        arrival_times(text_trace.workflows, opts), budget_bytes=1)
+    store.prebuild()
+    events: list[str] = []
+
+    class Timer:  # DeadlineTimer's interface: a deadline 0.5 ms away at every check, until waited out
+        def __init__(self):
+            self.near = True
+
+        def next_deadline(self):
+            return time.perf_counter() + 0.0005 if self.near else None
+
+        def wait_until(self, t):
+            events.append("waited")
+            self.near = False
+            f = asyncio.get_running_loop().create_future()
+            f.set_result(None)
+            return f
+
+    built = store._build
+
+    def watched(call, wf):
+        for x in built(call, wf):
+            events.append("slice")
+            yield x
+
+    store._build = watched
+
+    async def go():
+        await asyncio.wait_for(store.fill(lambda: 0.0, Timer()), 30)
+
+    store.budget = 1 << 30
+    asyncio.run(go())
+    assert events.index("waited") == 1  # after the first slice, before any other
+    assert store.built_ahead == text_trace.n_calls
