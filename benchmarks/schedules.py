@@ -109,7 +109,8 @@ def mooncake_requests(s: Schedule) -> tuple[MooncakeRequest, ...]:
     sizes[-1] -= sum(sizes) - n
     sizes = [k for k in sizes if k > 0]
     gap = s.duration_s / len(sizes)
-    lo, hi = -(-s.min_prompt // s.block), s.max_prompt // s.block
+    lo = -(-s.min_prompt // s.block)
+    hi = max(lo, s.max_prompt // s.block)
     convs: list[list[int]] = []  # each conversation's prefix so far, in blocks
     next_id = 0
     out: list[MooncakeRequest] = []
@@ -127,9 +128,10 @@ def mooncake_requests(s: Schedule) -> tuple[MooncakeRequest, ...]:
                 prefix, new = [], rng.randint(lo, min(hi, lo * 4))
             ids = prefix + list(range(next_id, next_id + new))
             next_id += new
-            convs.append(ids)
-            length = len(ids) * s.block - rng.randint(0, s.block - 1)
-            out.append(MooncakeRequest(t, pos, max(length, s.min_prompt), tuple(ids)))
+            cut = rng.randint(0, s.block - 1)
+            length = len(ids) * s.block - cut
+            convs.append(ids if cut == 0 else ids[:-1])  # a later turn shares the full blocks only
+            out.append(MooncakeRequest(t, pos, min(max(length, s.min_prompt), s.max_prompt), tuple(ids)))
     return tuple(out)
 
 

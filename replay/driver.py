@@ -144,6 +144,18 @@ def _finalize_energy(run_dir: Path) -> None:
               "the measurements are in energy.json and power.csv", file=sys.stderr)
 
 
+WARM_MAX = 64  # connections opened before t0, at most
+
+
+def largest_burst(arrivals: list[float], limit: int) -> int:
+    """How many workflows arrive at one instant at most (to the microsecond): the connections
+    worth opening before t0."""
+    from collections import Counter
+
+    most = max(Counter(round(t, 6) for t in arrivals).values(), default=0)
+    return min(most, limit, WARM_MAX)
+
+
 def _mark_all(sched: Scheduler | None, trace, workflows, engine, record, opts, why: str) -> None:
     """Give every call without a result its "not finished" line (also when the run never began,
     e.g. the engine failed to start), so requests.jsonl always covers the whole trace."""
@@ -268,6 +280,8 @@ async def replay_async(
             writer.update(files=files)
             await meters.measure_baseline_async()  # idle, engine up: what "net" subtracts
         sched = Scheduler(trace, workflows, engine, record, opts, tok, prompts=store if store.enabled else None)
+        if not engine.capabilities.whole_workflow:
+            await engine.warm(largest_burst(arrival_times(workflows, opts), engine_options.max_connections))
         if on_scheduler is not None:
             on_scheduler(sched, asyncio.current_task())  # type: ignore[arg-type]
         # The trace and everything built so far live for the whole run: move them out of the

@@ -141,15 +141,22 @@ class AIPerf(Adapter):
     def job(self, s: Schedule, url: str, workdir: Path) -> Job:
         data = write_aiperf(s, workdir / "schedule.jsonl")
         block = ["--isl-block-size", str(s.block)] if s.kind == "mooncake" else []
+        tokenizer, env = str(self.tokenizer), {}
+        if s.kind == "mooncake":
+            # AIPerf 0.13 builds prompts from hash_ids in a worker pool that loads the tokenizer
+            # in offline mode, where only a hub-cache repo id resolves, never a local folder: the
+            # same local tokenizer, laid out as a hub-cache snapshot in a private HF_HOME.
+            tokenizer, env = "mrw-bench/tokenizer", {"HF_HOME": str(_as_hub_cache(Path(self.tokenizer), workdir / "hf")),
+                                                     "HF_HUB_OFFLINE": "1"}
         cmd = [
             self.exe, "profile", "--model", MODEL, "--url", url, "--endpoint-type", "chat", "--streaming",
             "--input-file", str(data), "--custom-dataset-type", "mooncake_trace", "--fixed-schedule",
-            "--tokenizer", str(self.tokenizer), "--use-server-token-count",
+            "--tokenizer", tokenizer, "--use-server-token-count",
             "--extra-inputs", "ignore_eos:true", "--extra-inputs", f"min_tokens:{s.tokens}",
             "--ui-type", "none", "--no-server-metrics", "--no-gpu-telemetry",
             "--artifact-dir", str(workdir / "artifacts"), *block, *self.extra_args,
         ]
-        return Job(cmd, workdir=workdir)
+        return Job(cmd, env=env, workdir=workdir)
 
     def own_report(self, s: Schedule, workdir: Path) -> dict[str, Any]:
         p = workdir / "artifacts" / "profile_export_aiperf.json"
@@ -162,6 +169,19 @@ class AIPerf(Adapter):
             if isinstance(v, dict):
                 out[key] = v.get("avg")
         return out
+
+
+def _as_hub_cache(tokenizer_dir: Path, home: Path) -> Path:
+    """`tokenizer_dir`'s files as the hub-cache snapshot of repo `mrw-bench/tokenizer` under `home`."""
+    repo = home / "hub" / "models--mrw-bench--tokenizer"
+    snap = repo / "snapshots" / "local"
+    snap.mkdir(parents=True, exist_ok=True)
+    for f in tokenizer_dir.iterdir():
+        if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")) or f.name == "config.json"):
+            shutil.copyfile(f, snap / f.name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text("local")
+    return home
 
 
 class VllmBench(Adapter):

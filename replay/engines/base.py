@@ -240,6 +240,10 @@ class Engine(abc.ABC):
         """Engine, version, model and host for run.json: never a credential."""
         return {"engine": self.name}
 
+    async def warm(self, connections: int) -> None:
+        """Just before t0: have `connections` ready, so that a burst due at the start does not
+        wait for connections to open (later bursts find the earlier ones idle). Default: nothing."""
+
     def encode(self, req: Request) -> bytes | None:
         """The request's body as `run_call` would send it, made ahead of its time (set as
         `req.body`, `run_call` sends it as is). None: this engine cannot take a prebuilt body."""

@@ -297,6 +297,10 @@ class OpenAICompatEngine(Engine):
             b.update(self.extra_body)
         return b
 
+    async def warm(self, connections: int) -> None:
+        if self.client is not None and connections > 0:
+            await self.client.warm(connections)
+
     def encode(self, req: Request) -> bytes:
         return _dumps(self.body(req))
 
