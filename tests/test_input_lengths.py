@@ -13,10 +13,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from sharing_data import WORDS
+from sharing_data import WORDS, common_prefix
 
 from mrw.anonymize import load_tokenizer, prompt_token_ids
-from mrw.launch import VllmOptions, VllmServer
 from mrw.replay.metrics_scrape import info_labels, pick
 from mrw.replay.prompts import engine_served, local_served
 from mrw.trace import Call, Message, Trace, Workflow, dump, load, new_header
@@ -29,14 +28,9 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture(scope="module")
 def other_vllm(other_tiny, tmp_path_factory):
     """vLLM serving the tiny model with another vocabulary (tests/other_vocab.py)."""
-    from conftest import _need_vllm
+    from conftest import serve_for_tests
 
-    _need_vllm()
-    log = tmp_path_factory.mktemp("vllm-other") / "vllm.log"
-    server = VllmServer(other_tiny, VllmOptions(max_model_len=4096, max_num_seqs=16), log_path=log, quiet=True)
-    server.start()
-    yield server
-    server.stop()
+    yield from serve_for_tests(other_tiny, tmp_path_factory)
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -85,15 +79,6 @@ def replay(trace: Path, url: str, out: Path, *args: str) -> list[dict]:
     return [orjson.loads(line) for line in (out / "requests.jsonl").read_bytes().splitlines()]
 
 
-def lcp(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def test_text_trace_replays_at_recorded_lengths_and_sharing_on_another_vocabulary(other_vllm, tiny, tmp_path):
     tiny_tok = load_tokenizer(tiny.path)
     trace = shared_prefix_trace(tiny_tok)
@@ -113,7 +98,7 @@ def test_text_trace_replays_at_recorded_lengths_and_sharing_on_another_vocabular
     # The engine's prefix cache hit exactly the whole blocks of each prompt that an earlier one
     # shared at recording (vLLM recomputes a prompt's last token even when all of it is cached).
     rec = [prompt_token_ids(c, {}, tiny_tok) for c in calls]
-    expected = sum((min(max((lcp(rec[i], rec[j]) for j in range(i)), default=0), len(rec[i]) - 1) // bs) * bs
+    expected = sum((min(max((common_prefix(rec[i], rec[j]) for j in range(i)), default=0), len(rec[i]) - 1) // bs) * bs
                    for i in range(len(rec)))
     assert expected >= 4 * bs  # the trace shares several blocks
     assert (h1 - h0, q1 - q0) == (expected, sum(c.input_tokens for c in calls))

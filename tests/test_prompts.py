@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sharing_data import make_trace
+from sharing_data import common_prefix, make_trace
 
 from mrw import synth
 from mrw.anonymize import load_tokenizer, prompt_token_ids
@@ -18,15 +18,6 @@ from mrw.replay.engines.registry import get_engine
 from mrw.replay.prompts import PromptError, PromptStore, local_served, make_plan, resolve_mode, sharing_runs
 from mrw.replay.scheduler import ReplayOptions, arrival_times, check_feasible
 from mrw.trace import Call, Trace, Workflow, new_header
-
-
-def lcp(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +55,8 @@ def test_recorded_lengths_keep_every_count_and_shared_prefix_under_another_token
         assert set(got[a.id]) <= vocab
         for b in calls:
             if a is not b:
-                assert lcp(got[a.id], got[b.id]) == lcp(rec[a.id], rec[b.id]), (a.id, b.id)
-                shared += lcp(rec[a.id], rec[b.id]) > 100
+                assert common_prefix(got[a.id], got[b.id]) == common_prefix(rec[a.id], rec[b.id]), (a.id, b.id)
+                shared += common_prefix(rec[a.id], rec[b.id]) > 100
     assert shared  # the trace does share long prefixes
     again = make_plan(text_trace, text_trace.workflows, "recorded", served=lambda: served)
     assert all(ids_of(again, c) == got[c.id] for c in calls)  # deterministic
@@ -88,9 +79,9 @@ def test_without_the_trace_tokenizer_shared_lengths_are_estimated_from_character
     for a in calls:
         assert len(got[a.id]) == a.input_tokens
         for b in calls:
-            r = lcp(rec[a.id], rec[b.id])
+            r = common_prefix(rec[a.id], rec[b.id])
             if a is not b and r >= 100:
-                assert abs(lcp(got[a.id], got[b.id]) - r) <= 0.05 * r, (a.id, b.id)
+                assert abs(common_prefix(got[a.id], got[b.id]) - r) <= 0.05 * r, (a.id, b.id)
 
 
 def test_modes_follow_what_the_engine_takes():
@@ -125,7 +116,7 @@ def test_count_only_calls_replay_with_unique_prompts_of_their_counts(tiny):
     plan = make_plan(t, t.workflows, "recorded", served=lambda: local_served(tiny.path))
     ids = [ids_of(plan, c) for _, c in t.calls()]
     assert [len(x) for x in ids] == [c.input_tokens for _, c in t.calls()]
-    assert all(lcp(a, b) < 2 for i, a in enumerate(ids) for b in ids[i + 1:])  # nothing shared
+    assert all(common_prefix(a, b) < 2 for i, a in enumerate(ids) for b in ids[i + 1:])  # nothing shared
 
 
 def test_recorded_lengths_refused_without_the_served_tokenizer(text_trace):
@@ -141,6 +132,14 @@ def engine_for_encoding():
     return eng
 
 
+def recorded_store(trace: Trace, served_dir, budget_bytes=None, **opts) -> tuple[PromptStore, object]:
+    """(a PromptStore over the real vLLM encoder, its plan) for recorded lengths on `served_dir`'s model."""
+    o = ReplayOptions(**opts)
+    plan = make_plan(trace, trace.workflows, "recorded", served=lambda: local_served(served_dir))
+    return PromptStore(trace, trace.workflows, plan, engine_for_encoding(), o, trace.recorded_outputs(),
+                       arrival_times(trace.workflows, o), budget_bytes=budget_bytes), plan
+
+
 def body_of(store: PromptStore, call: Call, outputs) -> dict:
     req = store.take(call, "w", outputs)
     assert req.messages is None and req.prompt is None  # dropped once encoded
@@ -148,11 +147,7 @@ def body_of(store: PromptStore, call: Call, outputs) -> dict:
 
 
 def test_bodies_built_ahead_are_the_engine_encoding_of_the_planned_prompt(text_trace, other_tiny):
-    eng = engine_for_encoding()
-    plan = make_plan(text_trace, text_trace.workflows, "recorded", served=lambda: local_served(other_tiny.path))
-    opts = ReplayOptions()
-    store = PromptStore(text_trace, text_trace.workflows, plan, eng, opts, text_trace.recorded_outputs(),
-                        arrival_times(text_trace.workflows, opts))
+    store, plan = recorded_store(text_trace, other_tiny.path)
     store.prebuild()
     assert store.built_ahead == text_trace.n_calls and store.all_ahead
     for _, c in text_trace.calls():
@@ -176,12 +171,8 @@ def test_live_refs_leave_holes_that_the_live_output_fills(text_trace):
 
 
 def test_the_window_builds_the_rest_within_its_budget(text_trace, other_tiny):
-    eng = engine_for_encoding()
-    plan = make_plan(text_trace, text_trace.workflows, "recorded", served=lambda: local_served(other_tiny.path))
-    opts = ReplayOptions()
     one = 7 * max(c.input_tokens for _, c in text_trace.calls()) + 512
-    store = PromptStore(text_trace, text_trace.workflows, plan, eng, opts, text_trace.recorded_outputs(),
-                        arrival_times(text_trace.workflows, opts), budget_bytes=2 * one)
+    store, plan = recorded_store(text_trace, other_tiny.path, budget_bytes=2 * one)
     store.prebuild()
     assert 0 < store.built_ahead < text_trace.n_calls and store.pending and not store.all_ahead
 
@@ -203,11 +194,7 @@ def test_the_window_builds_the_rest_within_its_budget(text_trace, other_tiny):
 
 
 def test_a_call_the_window_did_not_reach_is_built_when_due(text_trace, other_tiny):
-    eng = engine_for_encoding()
-    plan = make_plan(text_trace, text_trace.workflows, "recorded", served=lambda: local_served(other_tiny.path))
-    opts = ReplayOptions()
-    store = PromptStore(text_trace, text_trace.workflows, plan, eng, opts, text_trace.recorded_outputs(),
-                        arrival_times(text_trace.workflows, opts), budget_bytes=1)
+    store, plan = recorded_store(text_trace, other_tiny.path, budget_bytes=1)
     store.prebuild()
     c, _ = store.order[-1]
     assert body_of(store, c, {})["prompt"] == ids_of(plan, c)
@@ -217,11 +204,7 @@ def test_a_call_the_window_did_not_reach_is_built_when_due(text_trace, other_tin
 def test_the_window_waits_out_a_near_deadline_before_its_next_slice(text_trace, other_tiny):
     import time
 
-    eng = engine_for_encoding()
-    plan = make_plan(text_trace, text_trace.workflows, "recorded", served=lambda: local_served(other_tiny.path))
-    opts = ReplayOptions()
-    store = PromptStore(text_trace, text_trace.workflows, plan, eng, opts, text_trace.recorded_outputs(),
-                        arrival_times(text_trace.workflows, opts), budget_bytes=1)
+    store, _ = recorded_store(text_trace, other_tiny.path, budget_bytes=1)
     store.prebuild()
     events: list[str] = []
 
