@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import platform
 import shutil
 import signal
@@ -397,7 +398,8 @@ def _f(x: Any, nd: int = 2) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    rows = [
+    main = [r for r in results["runs"] if r["schedule"]["kind"] != "mooncake" or r.get("skipped")]
+    rows = [] if not main else [
         "| schedule | tool | sent/expected | achieved rate (/s) | lateness p50 / p99 / max (ms) | mrw own p50 / p99 (ms) | server stall p99 / max (ms) | CPU ms/request (window) | CPU ms/request (total) | peak RSS (MB) | load (1 min) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -423,7 +425,7 @@ def table(results: dict[str, Any]) -> str:
     bursts = [r for r in results["runs"] if r["schedule"]["kind"] == "mooncake" and not r.get("skipped")]
     if bursts:
         pos = " / ".join(str(p) for p in BURST_POSITIONS)
-        rows += ["", f"| schedule | tool | sent/expected | prompt tokens mean / max | lateness p50 at burst position {pos} (ms) | "
+        rows += ([""] if rows else []) + [f"| schedule | tool | sent/expected | prompt tokens mean / max | lateness p50 at burst position {pos} (ms) | "
                  f"lateness p99 / max (ms) | largest prompt: late (ms) | mrw own p50 at {pos} / p99 (ms) | server stall p99 / max (ms) | "
                  "CPU ms/request (window) | peak RSS (MB) | load (1 min) |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -525,7 +527,6 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     tok = a.tokenizer if a.tokenizer and Path(a.tokenizer).exists() else None
-    import shlex
 
     adapters = {t.name: t for t in default_adapters(tok, a.mrw_python, a.aiperf, shlex.split(a.aiperf_args))}
     tools = [adapters[n] for n in a.tools.split(",") if n]
@@ -538,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "benchmark": "replay",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.replay_bench", *(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join([Path(sys.executable).name, "-m", "benchmarks.replay_bench", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
         "label": a.label,
         "tools": {t.name: {"version": t.version, "unavailable": t.unavailable()} for t in tools},

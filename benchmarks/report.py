@@ -40,7 +40,7 @@ def replay_section(r: dict) -> str:
                 f"tokens each, {ceil['tool']}, server CPU {_f(ceil.get('server_cpu_s_per_request', 0) * 1e3, 3)} ms/request.", ""]
     out += [table(r), ""]
     s = summary(r)
-    out += ["| tool / schedule | highest rate with p99 lateness ≤ 1 ms (/s) | CPU ms/request there | highest rate sustained: achieved ≥ 98%, p50 ≤ 5 ms (/s) | CPU ms/request there |",
+    out += [] if not s else ["| tool / schedule | highest rate with p99 lateness ≤ 1 ms (/s) | CPU ms/request there | highest rate sustained: achieved ≥ 98%, p50 ≤ 5 ms (/s) | CPU ms/request there |",
             "|---|---|---|---|---|"]
     for k, e in s.items():
         out.append(f"| {k} | {_f(e['max_rate_p99_le_1ms'], 0)} | {_f(e['cpu_ms_per_request_at_max'], 3)} | "
