@@ -104,6 +104,21 @@ class Served:
     source: str  # for run.json: where it came from
     vocab: synth.Vocab
     count: Callable[[Call, Mapping[str, str]], int]  # a call's input tokens, as the engine counts them
+    parallel: int = 1  # counts asked at once (an engine answers several; a local tokenizer holds the GIL)
+    close: Callable[[], None] = lambda: None
+
+    def first_mismatch(self, calls: list[Call], outputs: Mapping[str, str]) -> tuple[Call, int] | None:
+        """The first call (in order) whose count is not its recorded `input_tokens`, with its count."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        step = max(1, 8 * self.parallel)
+        with ThreadPoolExecutor(self.parallel) as pool:
+            for i in range(0, len(calls), step):
+                chunk = calls[i:i + step]
+                for c, got in zip(chunk, pool.map(lambda c: self.count(c, outputs), chunk)):
+                    if got != c.input_tokens:
+                        return c, got
+        return None
 
 
 def _local_tokenizer(path: Any) -> Any:
@@ -161,7 +176,8 @@ def engine_served(url: str, headers: dict[str, str], model: str | None, timeout:
             d = post({"prompt": call.render_prompt(outputs), "add_special_tokens": True})
         return int(d["count"])
 
-    return Served(f"the engine's {url.rsplit('/', 1)[-1]} ({len(set(ids))} ordinary ids seen)", synth.Vocab.of_ids(ids), count)
+    return Served(f"the engine's {url.rsplit('/', 1)[-1]} ({len(set(ids))} ordinary ids seen)", synth.Vocab.of_ids(ids), count,
+                  parallel=8, close=client.close)
 
 
 def resolve_served(model_dir: Any, engine: Engine) -> Served | None:
@@ -317,6 +333,17 @@ def make_plan(trace: Trace, workflows: list[Workflow], mode: str, *, served: Cal
     tok: Served | None = None
     if textless or (mode == "recorded" and counted):
         tok = served()
+    try:
+        return _decide(plan, info, calls, outputs, textless, counted, tok, trace, trace_tokenizer_dir, log)
+    finally:
+        if tok is not None:
+            tok.close()
+
+
+def _decide(plan: PromptPlan, info: dict[str, Any], calls: list[Call], outputs: Mapping[str, str], textless: int,
+            counted: list[Call], tok: Served | None, trace: Trace, trace_tokenizer_dir: Any,
+            log: Callable[[str], None] | None) -> PromptPlan:
+    mode = plan.mode
     if tok is not None:
         plan.vocab = tok.vocab
         info["served_tokenizer"] = tok.source
@@ -333,12 +360,7 @@ def make_plan(trace: Trace, workflows: list[Workflow], mode: str, *, served: Cal
                 "--input-lengths recorded: the served model's tokenizer is not reachable (its folder is not on this host: "
                 "pass --tokenizer DIR; and the engine serves no /tokenize); replay with --input-lengths natural"
             )
-        bad = None
-        for c in counted:
-            got = tok.count(c, outputs)
-            if got != c.input_tokens:
-                bad = (c, got)
-                break
+        bad = tok.first_mismatch(counted, outputs)
         if bad is None:
             n_text = len(counted)
             info["sent_as_text"] = "the recorded text has every recorded input count in the served tokenizer"

@@ -34,8 +34,9 @@ from .engines.base import CallResult, Capabilities, Engine, Request
 from .prompts import PromptStore, resolve_mode
 from .timer import DeadlineTimer
 
-# Call-level engines: how long before a workflow's arrival its first requests are rendered
-# (prompt joined, body serialised), so that the issue at the deadline is only the send.
+# Call-level engines: how long before a workflow's arrival its first requests are taken from
+# the prompt store (built long before: prompts.PromptStore) and their tasks started, so that
+# the issue at the deadline is only the send.
 PREPARE_AHEAD_S = 0.002
 
 # Sampling fields the replayer owns (forced length, streaming) or that would change the
@@ -122,14 +123,13 @@ def build_request(
     """The one place a trace Call becomes a Request: prompt rebuilt (or `prompt` as given: the
     token ids of its recorded length), output length forced."""
     messages = None
-    if prompt is not None:
-        pass
-    elif call.messages is not None:
-        messages = call.render_messages(outputs)
-    elif call.prompt is not None:
-        prompt = call.render_prompt(outputs)
-    else:
-        prompt = synth_prompt(call, header, tokenizer)
+    if prompt is None:
+        if call.messages is not None:
+            messages = call.render_messages(outputs)
+        elif call.prompt is not None:
+            prompt = call.render_prompt(outputs)
+        else:
+            prompt = synth_prompt(call, header, tokenizer)
     sampling = {k: v for k, v in call.sampling.items() if k not in _OWNED_FIELDS}
     n = max(1, call.output_tokens)
     if opts.force_output_length:
