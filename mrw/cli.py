@@ -289,9 +289,9 @@ def _analyze_sweep(path: Path, *, figures: bool = True, as_json: bool = False) -
 @click.option("--input-lengths", type=click.Choice(["recorded", "natural"]), default=None,
               help="recorded: every prompt exactly its recorded input tokens in the served tokenizer, prefix sharing kept "
                    "(default where the engine takes token-id prompts); natural: the recorded text as is.")
-@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="The served model's tokenizer folder, when the engine's model folder is not on this host.")
-@click.option("--trace-tokenizer", "trace_tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--trace-tokenizer", "trace_tokenizer_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Folder of the tokenizer the trace's counts are in (exact shared-prefix lengths for recorded lengths).")
 @click.option("--prompt-memory", "prompt_memory_mb", type=click.FloatRange(min=1), default=None,
               help="MB of request bodies built ahead (default: a quarter of free memory, at most 4096).")

@@ -27,9 +27,19 @@ DATA = Path(__file__).parent / "data"
 
 @pytest.fixture(scope="module")
 def other_vllm(other_tiny, tmp_path_factory):
-    """vLLM serving the tiny model with another vocabulary (tests/other_vocab.py)."""
+    """vLLM serving the tiny model with another vocabulary (tests/other_vocab.py). Set
+    MRW_TEST_OTHER_VLLM_URL (and MRW_TEST_OTHER_MODEL, its model folder) to use a running one."""
+    import os
+    from types import SimpleNamespace
+
     from conftest import serve_for_tests
 
+    url = os.environ.get("MRW_TEST_OTHER_VLLM_URL")
+    if url:
+        folder = Path(os.environ.get("MRW_TEST_OTHER_MODEL", other_tiny.path))
+        yield SimpleNamespace(root_url=url.rstrip("/").removesuffix("/v1"),
+                              model=SimpleNamespace(path=folder, name=os.environ.get("MRW_TEST_OTHER_NAME", other_tiny.name)))
+        return
     yield from serve_for_tests(other_tiny, tmp_path_factory)
 
 
@@ -37,9 +47,11 @@ def words(rng: random.Random, n: int) -> str:
     return " ".join(rng.choices(WORDS, k=n))
 
 
-def shared_prefix_trace(tok) -> Trace:
+def shared_prefix_trace(tok, tag: str = "") -> Trace:
     """One call per workflow, 1.5 s apart (each ends long before the next: cache hits do not
-    depend on races), prompts sharing long prefixes at several depths, counted in `tok`."""
+    depend on races), prompts sharing long prefixes at several depths, counted in `tok`. The
+    token ids of recorded lengths are seeded from call ids: `tag` makes them this run's own, so
+    a server that replayed the trace before has none of its blocks cached."""
     rng = random.Random(7)
     system = "You answer questions about the document. " + words(rng, 40)
     doc, doc2 = words(rng, 420), words(rng, 300)
@@ -59,7 +71,7 @@ def shared_prefix_trace(tok) -> Trace:
     prompts[5] = prompts[0]
     calls = []
     for i, p in enumerate(prompts):
-        c = Call(id=f"q{i}", node="ask", output_tokens=3, **({"prompt": p} if i == 6 else {"messages": p}))
+        c = Call(id=f"q{i}{tag}", node="ask", output_tokens=3, **({"prompt": p} if i == 6 else {"messages": p}))
         c.input_tokens = len(prompt_token_ids(c, {}, tok))
         calls.append(c)
     h = new_header("shared-prefix", recorded_against={"engine": "vllm", "model": "tiny-llama", "tokenizer": "mrw-tiny-bpe"})
@@ -80,8 +92,10 @@ def replay(trace: Path, url: str, out: Path, *args: str) -> list[dict]:
 
 
 def test_text_trace_replays_at_recorded_lengths_and_sharing_on_another_vocabulary(other_vllm, tiny, tmp_path):
+    import uuid
+
     tiny_tok = load_tokenizer(tiny.path)
-    trace = shared_prefix_trace(tiny_tok)
+    trace = shared_prefix_trace(tiny_tok, "-" + uuid.uuid4().hex[:8])
     path = dump(trace, tmp_path / "trace.json")
     calls = [c for _, c in trace.calls()]
     served = local_served(other_vllm.model.path)
