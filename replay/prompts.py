@@ -564,7 +564,6 @@ class PromptStore:
         r = self.ready.pop(call.id, None)
         if r is None:
             t = time.perf_counter()
-            self.ready.pop(call.id, None)
             self._build_now(call, wf_id)
             self.build_s += time.perf_counter() - t
             self.built_at_issue += 1
