@@ -229,6 +229,7 @@ def summarize(run_dir: str | os.PathLike, *, write: bool = True) -> dict[str, An
     mism_in = [r for r in ok if r.get("input_tokens") is not None and r.get("expected_input_tokens") is not None and r["input_tokens"] != r["expected_input_tokens"]]
     wfs = workflow_rows(rows)
     cps = [w["critical_path"] for w in wfs if w["critical_path"]]
+    counted = [r for r in ok if r.get("input_tokens") is not None and r.get("expected_input_tokens") is not None]
 
     def mean(xs: list[float]) -> float | None:
         return sum(xs) / len(xs) if xs else None
@@ -265,6 +266,14 @@ def summarize(run_dir: str | os.PathLike, *, write: bool = True) -> dict[str, An
             "input_mismatch": len(mism_in),
             "output_examples": [{"call_id": r["call_id"], "expected": r["expected_output_tokens"], "got": r["output_tokens"]} for r in mism_out[:5]],
             "input_examples": [{"call_id": r["call_id"], "expected": r["expected_input_tokens"], "got": r["input_tokens"]} for r in mism_in[:5]],
+        },
+        "input_lengths": {
+            # the replay's mode (run.json `prompts`), and how many prompts reached the engine at
+            # exactly their recorded input count (of those with both counts known)
+            "mode": (meta.get("prompts") or {}).get("input_lengths") or (meta.get("fidelity") or {}).get("input_lengths"),
+            "exact": len(counted) - len(mism_in),
+            "checked": len(counted),
+            "without_count": len(ok) - len(counted),
         },
         "workflows": {
             "count": len(wfs),
@@ -323,6 +332,11 @@ def _rows(s: dict) -> list[tuple[str, str]]:
         rows.append((f"{name} ms mean / p50 / p90 / p99", " / ".join(_ms(st[k]) for k in ("mean", "p50", "p90", "p99"))))
     tc = s["token_check"]
     rows.append(("token counts off (output / input)", f"{tc['output_mismatch']} / {tc['input_mismatch']} of {tc['checked']}"))
+    il = s.get("input_lengths") or {}
+    if il.get("checked") or il.get("mode"):
+        mode = f" ({il['mode']} input lengths)" if il.get("mode") else ""
+        none = f", {il['without_count']} without a count" if il.get("without_count") else ""
+        rows.append(("input tokens as recorded", f"{il['exact']} / {il['checked']}{mode}{none}"))
     rows.append(("workflows complete / total", f"{wf['complete']} / {wf['count']}"))
     ms = wf["makespan_s"]
     rows.append(("makespan s mean / p50 / p90 / max", " / ".join(_s(ms[k]) for k in ("mean", "p50", "p90", "max"))))

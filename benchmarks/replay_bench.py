@@ -3,6 +3,7 @@
 
     python -m benchmarks.replay_bench                       # the full run (several minutes)
     python -m benchmarks.replay_bench --rates 100,1000 --duration 2 --tools mrw   # quick look
+    python -m benchmarks.replay_bench --rates '' --chain-rates '' --tools mrw,aiperf   # the Mooncake-like bursts only
 
 What it does:
 1. starts benchmarks/zero_server.js (Node) and measures its ceiling with `wrk` (closed loop,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import platform
 import shutil
 import signal
@@ -277,7 +279,10 @@ def lateness(s: Schedule, log: list[dict], t0_ns: int | None = None) -> dict[str
     recs = [r for r in log if r["api"] in ("chat", "cmpl")]
     by_id = {r["id"]: r for r in recs if r["id"]}
     out: dict[str, Any] = {"server_requests": len(recs)}
-    if s.kind == "independent":
+    if s.kind == "mooncake":  # no markers: the schedule is the last n arrivals
+        roots = sorted(recs, key=lambda r: r["arrive_ns"])[-s.n_calls :]
+        children = []
+    elif s.kind == "independent":
         if len(by_id) >= s.n_calls:
             roots = [by_id[f"w{j}.c0"] for j in range(s.n_workflows) if f"w{j}.c0" in by_id]
         else:  # no markers (token-id prompts): the schedule is the last n arrivals
@@ -303,6 +308,8 @@ def lateness(s: Schedule, log: list[dict], t0_ns: int | None = None) -> dict[str
     out["all_ms"] = _stats(root_late + children)
     if t0_ns is not None and arr:
         out["roots_abs_ms"] = _stats([(a - t0_ns - t) / 1e6 for a, t in zip(arr, sched)])
+    if s.kind == "mooncake" and root_late:
+        out.update(burst_lateness(s, root_late))
     if len(arr) >= 2:
         span = (arr[-1] - arr[0]) / 1e9
         out["achieved_rate"] = (len(arr) - 1) / span * s.calls_per_workflow if span > 0 else None
@@ -310,6 +317,23 @@ def lateness(s: Schedule, log: list[dict], t0_ns: int | None = None) -> dict[str
     if allrecs:
         out["window_ns"] = (allrecs[0]["arrive_ns"], max(r["end_ns"] for r in allrecs))
     return out
+
+
+BURST_POSITIONS = (0, 5, 10)
+
+
+def burst_lateness(s: Schedule, late_ms: list[float]) -> dict[str, Any]:
+    """Lateness (ms, in schedule order) by position in same-timestamp bursts, and of the call
+    with the largest prompt: whether dispatch slows with prompt size or burst size."""
+    from benchmarks.schedules import mooncake_requests
+
+    reqs = mooncake_requests(s)
+    by_pos: dict[int, list[float]] = {}
+    for r, x in zip(reqs, late_ms):
+        by_pos.setdefault(r.position, []).append(x)
+    big = max(range(min(len(reqs), len(late_ms))), key=lambda j: reqs[j].input_length)
+    return {"burst_position_ms": {str(p): _stats(by_pos.get(p, [])) for p in BURST_POSITIONS},
+            "largest_prompt": {"tokens": reqs[big].input_length, "late_ms": late_ms[big], "position": reqs[big].position}}
 
 
 # ---------------------------------------------------------------------------- one measurement
@@ -374,11 +398,14 @@ def _f(x: Any, nd: int = 2) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    rows = [
+    main = [r for r in results["runs"] if r["schedule"]["kind"] != "mooncake" or r.get("skipped")]
+    rows = [] if not main else [
         "| schedule | tool | sent/expected | achieved rate (/s) | lateness p50 / p99 / max (ms) | mrw own p50 / p99 (ms) | server stall p99 / max (ms) | CPU ms/request (window) | CPU ms/request (total) | peak RSS (MB) | load (1 min) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["runs"]:
+        if r["schedule"]["kind"] == "mooncake" and not r.get("skipped"):
+            continue  # its own table, below
         if r.get("skipped"):
             rows.append(f"| {r['schedule']['name']} | {r['tool']} | skipped: {r['skipped']} | | | | | | | | |")
             continue
@@ -395,6 +422,27 @@ def table(results: dict[str, Any]) -> str:
             f"{_f(cl['cpu_ms_per_request_window'], 3)} | {_f(cl['cpu_ms_per_request_total'], 3)} | {_f(cl['peak_rss_mb'], 0)} | "
             f"{r['load_avg_before'][0]:.2f} |"
         )
+    bursts = [r for r in results["runs"] if r["schedule"]["kind"] == "mooncake" and not r.get("skipped")]
+    if bursts:
+        pos = " / ".join(str(p) for p in BURST_POSITIONS)
+        rows += ([""] if rows else []) + [f"| schedule | tool | sent/expected | prompt tokens mean / max | lateness p50 at burst position {pos} (ms) | "
+                 f"lateness p99 / max (ms) | largest prompt: late (ms) | mrw own p50 at {pos} / p99 (ms) | server stall p99 / max (ms) | "
+                 "CPU ms/request (window) | peak RSS (MB) | load (1 min) |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in bursts:
+            la, sc, own = r["lateness"], r["schedule"], (r.get("own_report") or {})
+            bp = la.get("burst_position_ms") or {}
+            ob = own.get("burst_position_ms") or {}
+            lp = la.get("largest_prompt") or {}
+            stall = r.get("server_stall_ms") or {}
+            rows.append(
+                f"| {sc['name']} | {r['tool']} | {la['received']}/{la['expected']}{'' if r['returncode'] == 0 else ' (rc ' + str(r['returncode']) + ')'} | "
+                f"{sc.get('prompt_tokens_mean', '–'):,} / {sc.get('prompt_tokens_max', '–'):,} | "
+                f"{' / '.join(_f((bp.get(str(p)) or {}).get('p50')) for p in BURST_POSITIONS)} | "
+                f"{_f(la['all_ms']['p99'])} / {_f(la['all_ms']['max'])} | {_f(lp.get('late_ms'))} | "
+                f"{' / '.join(_f((ob.get(str(p)) or {}).get('p50')) for p in BURST_POSITIONS)} / {_f((own.get('client_lateness_ms') or {}).get('p99'))} | "
+                f"{_f(stall.get('p99_ms'))} / {_f(stall.get('max_ms'))} | {_f(r['client']['cpu_ms_per_request_window'], 3)} | "
+                f"{_f(r['client']['peak_rss_mb'], 0)} | {r['load_avg_before'][0]:.2f} |")
     return "\n".join(rows)
 
 
@@ -410,7 +458,7 @@ def summary(results: dict[str, Any], limit_ms: float = 1.0) -> dict[str, Any]:
     - the steady-state CPU per request at each of those rates."""
     out: dict[str, Any] = {}
     for r in results["runs"]:
-        if r.get("skipped"):
+        if r.get("skipped") or r["schedule"]["kind"] == "mooncake":
             continue
         key = f"{r['tool']}/{r['schedule']['kind']}"
         e = out.setdefault(key, {"max_rate_p99_le_1ms": None, "cpu_ms_per_request_at_max": None,
@@ -459,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chain-rates", default="100,500,1000,2000", help="calls/s of the dependent-chain schedules ('' for none)")
     ap.add_argument("--chain-len", type=int, default=4)
     ap.add_argument("--wait-ms", type=float, default=0.0, help="think/tool wait before each dependent call")
+    ap.add_argument("--mooncake-rates", default="25", help="requests/s of the Mooncake-like burst schedules ('' for none)")
+    ap.add_argument("--mooncake-duration", type=float, default=12.0, help="seconds of the Mooncake-like schedule (25/s x 12 s = 300 requests)")
+    ap.add_argument("--mooncake-max-prompt", type=int, default=130_000, help="largest prompt of the Mooncake-like schedule (tokens)")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds over which each schedule's arrivals are spread")
     ap.add_argument("--tokens", type=int, default=16, help="output tokens (streamed chunks) per call")
     ap.add_argument("--tools", default="mrw,aiperf,vllm-bench")
@@ -471,23 +522,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ceiling", action="store_true", help="skip the wrk ceiling measurement")
     ap.add_argument("--out", type=Path, help="results file (default: benchmarks/results/replay-<time>.json)")
     ap.add_argument("--keep", action="store_true", help="keep the tools' work directories")
+    ap.add_argument("--label", help="a word the report shows beside the run, e.g. 'contended' for a shared machine")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds before a tool run is killed")
     a = ap.parse_args(argv)
 
     tok = a.tokenizer if a.tokenizer and Path(a.tokenizer).exists() else None
-    import shlex
 
     adapters = {t.name: t for t in default_adapters(tok, a.mrw_python, a.aiperf, shlex.split(a.aiperf_args))}
     tools = [adapters[n] for n in a.tools.split(",") if n]
     scheds = [Schedule("independent", float(r), a.duration, a.tokens) for r in a.rates.split(",") if r]
     scheds += [Schedule("chains", float(r), a.duration, a.tokens, a.chain_len, a.wait_ms) for r in a.chain_rates.split(",") if r]
+    scheds += [Schedule("mooncake", float(r), a.mooncake_duration, a.tokens, max_prompt=a.mooncake_max_prompt,
+                        min_prompt=min(10_000, a.mooncake_max_prompt)) for r in a.mooncake_rates.split(",") if r]
 
     workroot = Path(tempfile.mkdtemp(prefix="mrw-bench-"))
     results: dict[str, Any] = {
         "benchmark": "replay",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.replay_bench", *(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join([Path(sys.executable).name, "-m", "benchmarks.replay_bench", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
+        "label": a.label,
         "tools": {t.name: {"version": t.version, "unavailable": t.unavailable()} for t in tools},
         "runs": [],
     }
@@ -500,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"zero server ceiling: {results['server_ceiling'].get('requests_per_s')} requests/s (wrk)", flush=True)
             for s in scheds:
                 for t in tools:
-                    why = t.unavailable() or (None if t.supports(s) else f"{t.name} cannot replay dependent calls")
+                    why = t.unavailable() or (None if t.supports(s) else f"{t.name} cannot replay this schedule")
                     if why:
                         results["runs"].append({"tool": t.name, "schedule": s.to_dict(), "skipped": why})
                         continue

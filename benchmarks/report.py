@@ -26,7 +26,7 @@ def replay_section(r: dict) -> str:
     m = r["machine"]
     ceil = r.get("server_ceiling") or {}
     out = [
-        f"Run {r['started']}: `{r['command']}`",
+        f"Run {r['started']}{' (**' + r['label'] + '**)' if r.get('label') else ''}: `{r['command']}`",
         "",
         f"Machine: {m['cpu']}, {m['cores_logical']} logical cores, {m['memory_gb']} GB, {m['os']}, Python {m['python']}, "
         f"node {m['node']}; load average at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'])}.",
@@ -40,7 +40,7 @@ def replay_section(r: dict) -> str:
                 f"tokens each, {ceil['tool']}, server CPU {_f(ceil.get('server_cpu_s_per_request', 0) * 1e3, 3)} ms/request.", ""]
     out += [table(r), ""]
     s = summary(r)
-    out += ["| tool / schedule | highest rate with p99 lateness ≤ 1 ms (/s) | CPU ms/request there | highest rate sustained: achieved ≥ 98%, p50 ≤ 5 ms (/s) | CPU ms/request there |",
+    out += [] if not s else ["| tool / schedule | highest rate with p99 lateness ≤ 1 ms (/s) | CPU ms/request there | highest rate sustained: achieved ≥ 98%, p50 ≤ 5 ms (/s) | CPU ms/request there |",
             "|---|---|---|---|---|"]
     for k, e in s.items():
         out.append(f"| {k} | {_f(e['max_rate_p99_le_1ms'], 0)} | {_f(e['cpu_ms_per_request_at_max'], 3)} | "
@@ -53,6 +53,17 @@ def replay_section(r: dict) -> str:
                 out.append(f"\n{kind}, {label}: mrw {mine:g}/s vs best peer {max(peers):g}/s = **{mine / max(peers):.1f}x**.")
             elif mine is not None:
                 out.append(f"\n{kind}, {label}: mrw {mine:g}/s; no peer reached the lowest rate tried.")
+    for run in r["runs"]:
+        if run["schedule"]["kind"] != "mooncake" or run.get("skipped"):
+            continue
+        la = run["lateness"]
+        bp = la.get("burst_position_ms") or {}
+        p0, p10 = (bp.get("0") or {}).get("p50"), (bp.get("10") or {}).get("p50")
+        p99 = la["all_ms"]["p99"]
+        if p0 is not None and p10 is not None and p99 is not None:
+            out.append(f"\n{run['schedule']['name']}, {run['tool']}: p99 lateness {p99:.2f} ms (goal ≤ 1 ms: "
+                       f"{'met' if p99 <= 1.0 else 'not met'}); burst position 10 − position 0 = {p10 - p0:+.2f} ms "
+                       f"(goal ≤ 0.5 ms: {'met' if p10 - p0 <= 0.5 else 'not met'}).")
     return "\n".join(out)
 
 

@@ -315,6 +315,15 @@ def _analyze_sweep(path: Path, *, figures: bool = True, as_json: bool = False) -
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Poisson arrivals.")
 @click.option("--wait-scale", type=float, default=1.0, show_default=True, help="Multiply recorded tool/think waits (0 = none).")
 @click.option("--live-refs", is_flag=True, help="Splice live upstream outputs into prompts (default: the recorded text).")
+@click.option("--input-lengths", type=click.Choice(["recorded", "natural"]), default=None,
+              help="recorded: every prompt exactly its recorded input tokens in the served tokenizer, prefix sharing kept "
+                   "(default where the engine takes token-id prompts); natural: the recorded text as is.")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="The served model's tokenizer folder, when the engine's model folder is not on this host.")
+@click.option("--trace-tokenizer", "trace_tokenizer_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Folder of the tokenizer the trace's counts are in (exact shared-prefix lengths for recorded lengths).")
+@click.option("--prompt-memory", "prompt_memory_mb", type=click.FloatRange(min=1), default=None,
+              help="MB of request bodies built ahead (default: a quarter of free memory, at most 4096).")
 @click.option("--force-length/--no-force-length", default=True, show_default=True, help="Force each output to its recorded token count.")
 @click.option("--workflows", "max_workflows", type=click.IntRange(min=1), help="Replay only the first N workflows.")
 @click.option("--max-num-seqs", type=click.IntRange(min=1), help="Engine batch size (vLLM --max-num-seqs).")
@@ -346,7 +355,9 @@ def _analyze_sweep(path: Path, *, figures: bool = True, as_json: bool = False) -
 @click.option("--parrot-sched/--no-parrot-sched", default=True, show_default=True,
               help="Launched Parrot: its DAG- and context-aware scheduler switches (app_fifo, graph_group, ctx_group, ctx_aware).")
 def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Path | None, time_scale: float, rate: float | None,
-           seed: int, wait_scale: float, live_refs: bool, force_length: bool, max_workflows: int | None, max_num_seqs: int | None,
+           seed: int, wait_scale: float, live_refs: bool, input_lengths: str | None, tokenizer_dir: Path | None,
+           trace_tokenizer_dir: Path | None, prompt_memory_mb: float | None, force_length: bool, max_workflows: int | None,
+           max_num_seqs: int | None,
            prefix_caching: bool | None, gpu_memory_utilization: float | None, max_model_len: int | None,
            engine_args: tuple[str, ...], openai_extra: str | None, openai_supports: str | None, api_key_env: str,
            request_timeout: float, max_connections: int, save_outputs: bool, no_token_times: bool, quiet: bool,
@@ -394,7 +405,10 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
                        max_connections=max_connections, extra=extra)
     ro = ReplayOptions(time_scale=time_scale, wait_scale=wait_scale, rate=rate, seed=seed, live_refs=live_refs,
                        force_output_length=force_length, max_workflows=max_workflows, save_outputs=save_outputs,
-                       token_times=not no_token_times)
+                       token_times=not no_token_times, input_lengths=input_lengths,
+                       tokenizer=str(tokenizer_dir) if tokenizer_dir else None,
+                       trace_tokenizer=str(trace_tokenizer_dir) if trace_tokenizer_dir else None,
+                       prompt_memory_mb=prompt_memory_mb)
     from mrw.replay.meters import MeteringOptions, parse_meter_spec
 
     parse_meter_spec(meter_spec)  # a bad meter name fails before anything starts
@@ -407,10 +421,11 @@ def replay(trace: Path, engine: str, url: str | None, model: str | None, out: Pa
     if res.status == "completed" and res.failed:
         console.print(f"warning: {res.failed} call(s) failed or were skipped; see `mrw analyze {res.run_dir}` and requests.jsonl",
                       style="yellow", highlight=False, soft_wrap=True)
-    if tc.get("output_mismatch"):
-        ex = ", ".join(f"{e['call_id']} {e['got']}/{e['expected']}" for e in tc["output_examples"][:3])
-        console.print(f"warning: {tc['output_mismatch']} response(s) with an output token count other than recorded (e.g. {ex})",
-                      style="yellow", highlight=False, soft_wrap=True)
+    for kind in ("output", "input"):
+        if tc.get(f"{kind}_mismatch") and (kind == "output" or res.input_lengths == "recorded"):
+            ex = ", ".join(f"{e['call_id']} {e['got']}/{e['expected']}" for e in tc[f"{kind}_examples"][:3])
+            console.print(f"warning: {tc[f'{kind}_mismatch']} response(s) with an {kind} token count other than recorded (e.g. {ex})",
+                          style="yellow", highlight=False, soft_wrap=True)
     if res.status == "interrupted":
         import signal as _signal
 

@@ -102,7 +102,7 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-def _local_corpus() -> list[str]:
+def local_corpus() -> list[str]:
     """English-ish text that exists on every Python install: the standard library's docstrings."""
     import pydoc  # noqa: F401  (imports many modules' docs cheaply)
     import sys
@@ -111,29 +111,62 @@ def _local_corpus() -> list[str]:
              "subprocess", "argparse", "dataclasses", "typing", "re", "string", "textwrap", "datetime",
              "random", "statistics", "decimal", "fractions", "heapq", "bisect", "socket", "http.client",
              "email", "csv", "sqlite3", "unittest", "threading", "queue", "shutil", "tempfile", "zipfile"]
+    import warnings
+
     texts: list[str] = []
-    for n in names:
-        try:
-            mod = __import__(n, fromlist=["_"])
-        except Exception:  # pragma: no cover - platform-specific modules
-            continue
-        for obj in [mod, *vars(mod).values()]:
-            doc = getattr(obj, "__doc__", None)
-            if isinstance(doc, str) and len(doc) > 40:
-                texts.append(doc)
+    with warnings.catch_warnings():  # some module attributes warn when touched (typing.io)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for n in names:
+            try:
+                mod = __import__(n, fromlist=["_"])
+            except Exception:  # pragma: no cover - platform-specific modules
+                continue
+            for obj in [mod, *vars(mod).values()]:
+                doc = getattr(obj, "__doc__", None)
+                if isinstance(doc, str) and len(doc) > 40:
+                    texts.append(doc)
     del sys
     return texts
 
 
-def tiny_model(out: Path, *, vocab_size: int = 2048, layers: int = 2, hidden: int = 128) -> ModelSpec:
+TINY_TOKENIZER = "mrw-tiny-bpe"
+TINY_DIR = "tiny-llama"  # under cache_dir()/models
+
+
+def tiny_tokenizer_name(vocab_size: int = 2048) -> str:
+    """What a trace header calls the tokenizer of `tiny_model(vocab_size=...)`."""
+    return TINY_TOKENIZER if vocab_size == 2048 else f"{TINY_TOKENIZER}-{vocab_size}"
+
+
+def local_tokenizer_dir(name: str | None) -> Path | None:
+    """The folder on this host of a tokenizer a trace header names, when mrw can tell: a path
+    to a tokenizer folder, or one of mrw's own models once it exists in the cache (the
+    embedded default, the tiny test model). Never downloads or builds anything."""
+    if not name:
+        return None
+    p = Path(name).expanduser()
+    if (p / "tokenizer_config.json").exists():
+        return p
+    known = {SMOLLM2_TOKENIZER: DEFAULT_MODEL, TINY_TOKENIZER: TINY_DIR}
+    if name in known:
+        d = cache_dir() / "models" / known[name]
+        return d if (d / _DONE).exists() else None
+    return None
+
+
+def tiny_model(out: Path, *, vocab_size: int = 2048, layers: int = 2, hidden: int = 128, name: str = "tiny-llama",
+               corpus: list[str] | None = None) -> ModelSpec:
     """A random-weight Llama and a BPE tokenizer trained on local text, saved to `out`.
 
     Deterministic (fixed seeds). Answers are gibberish, which is all a replay test needs:
-    lengths are forced with min_tokens/ignore_eos, and the recorder works on any text.
+    lengths are forced with min_tokens/ignore_eos, and the recorder works on any text. Another
+    `vocab_size` (or `corpus`) gives a model with another vocabulary: the tests replay a trace
+    counted in one tokenizer on a model that counts the same text differently.
     """
     out = Path(out)
+    spec = ModelSpec(out, name, tiny_tokenizer_name(vocab_size))
     if (out / _DONE).exists():
-        return ModelSpec(out, "tiny-llama", "mrw-tiny-bpe")
+        return spec
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -148,7 +181,7 @@ def tiny_model(out: Path, *, vocab_size: int = 2048, layers: int = 2, hidden: in
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_local_corpus(), trainer)
+    tok.train_from_iterator(corpus if corpus is not None else local_corpus(), trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=specials[0], eos_token=specials[1], pad_token=specials[2]
     )
@@ -185,4 +218,4 @@ def tiny_model(out: Path, *, vocab_size: int = 2048, layers: int = 2, hidden: in
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ModelSpec(out, "tiny-llama", "mrw-tiny-bpe")
+    return spec

@@ -9,6 +9,13 @@ engine's prefix cache hits as it did on the original. Blocks beyond the recorded
 all blocks, for a call with no hash_ids at all, such as an Azure import) are drawn from a
 seed unique to the call, so they share nothing, as nothing is known to be shared.
 
+The one representation underneath: a prompt is a list of *runs* `(seed, n)`, each the first
+`n` ids of the stream that `seed` starts (`random.Random(seed).choices` over the vocabulary:
+a prefix of a longer draw from the same seed is the shorter draw). Two prompts whose run
+lists agree up to some position have identical ids up to there. hash_ids become one run per
+block; the replay's recorded-length prompts for text traces (mrw.replay.prompts) become one
+run per owner of a shared stretch.
+
 Text (engines that take only text): the same construction over a pool of words that are one
 token each, with a space before them, under the given tokenizer (" apple", " river", ...).
 Byte-level BPE and SentencePiece tokenizers split text at spaces before merging, so a
@@ -27,7 +34,7 @@ import random
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from mrw.errors import MrwError
 from mrw.trace import Call
@@ -45,10 +52,20 @@ class _Tokenizer(Protocol):
 
 @dataclass(frozen=True)
 class Vocab:
-    """The token ids a synthetic prompt may use: 0..size-1 minus the special ones."""
+    """The token ids a synthetic prompt may use: 0..size-1 minus the special ones, or an
+    explicit pool (`of_ids`: the ids a tokenizer produced for ordinary text, when only its
+    encoder is reachable, e.g. through an engine's /tokenize)."""
 
     size: int
     special_ids: frozenset[int] = frozenset()
+    pool: tuple[int, ...] | None = None
+
+    @classmethod
+    def of_ids(cls, ids: Any) -> "Vocab":
+        pool = tuple(sorted(set(int(i) for i in ids)))
+        if not pool:
+            raise SynthError("the target vocabulary has no ordinary tokens")
+        return cls(size=pool[-1] + 1, pool=pool)
 
     @classmethod
     def from_tokenizer(cls, tok: Any) -> "Vocab":
@@ -59,7 +76,14 @@ class Vocab:
 
     @property
     def allowed(self) -> list[int]:
+        if self.pool is not None:
+            return _pool(self.pool)
         return _allowed(self.size, self.special_ids)
+
+
+@lru_cache(maxsize=8)
+def _pool(pool: tuple[int, ...]) -> list[int]:
+    return list(pool)
 
 
 @lru_cache(maxsize=8)
@@ -83,13 +107,45 @@ def block_seeds(call: Call, block_size: int) -> list[int]:
     return seeds
 
 
-def token_ids(call: Call, block_size: int, vocab: Vocab) -> list[int]:
-    """Exactly call.input_tokens ids; see the module docstring."""
+Run = tuple[int, int]  # (seed, n): the first n ids of the stream `seed` starts
+
+
+def block_runs(call: Call, block_size: int) -> list[Run]:
+    """The call's prompt as runs: one per block seed, the last cut so the total is exactly
+    call.input_tokens."""
+    runs: list[Run] = []
+    left = call.input_tokens
+    for seed in block_seeds(call, block_size):
+        n = min(block_size, left)
+        runs.append((seed, n))
+        left -= n
+    return runs
+
+
+def ids_of_runs(runs: list[Run], vocab: Vocab) -> list[int]:
+    """The token ids of a run list (exactly sum(n) of them)."""
     allowed = vocab.allowed
     out: list[int] = []
-    for seed in block_seeds(call, block_size):
-        out.extend(random.Random(seed).choices(allowed, k=block_size))
-    return out[: call.input_tokens]
+    for seed, n in runs:
+        out.extend(random.Random(seed).choices(allowed, k=n))
+    return out
+
+
+def iter_ids(runs: list[Run], vocab: Vocab, chunk: int) -> Iterator[list[int]]:
+    """The same ids as `ids_of_runs`, in pieces of at most `chunk` (a builder that must stay
+    responsive draws a long run a piece at a time; the stream continues where it stopped)."""
+    allowed = vocab.allowed
+    for seed, n in runs:
+        rng = random.Random(seed)
+        while n > 0:
+            k = min(chunk, n)
+            yield rng.choices(allowed, k=k)
+            n -= k
+
+
+def token_ids(call: Call, block_size: int, vocab: Vocab) -> list[int]:
+    """Exactly call.input_tokens ids; see the module docstring."""
+    return ids_of_runs(block_runs(call, block_size), vocab)
 
 
 _WORD = re.compile(r"^[a-z]{2,12}$")

@@ -31,7 +31,8 @@ from .engines.registry import get_engine
 from .knobs import AppliedKnobs, apply_knobs
 from .meters import TIMELINE_FILE, MeteringOptions, MeterSet
 from .metrics_scrape import MetricsScraper
-from .scheduler import EngineDied, ReplayOptions, Scheduler, check_feasible, select_workflows, synth_tokenizer
+from .prompts import PromptStore, make_plan, resolve_mode, resolve_served
+from .scheduler import EngineDied, ReplayOptions, Scheduler, arrival_times, check_feasible, select_workflows
 
 
 @dataclass(slots=True)
@@ -45,6 +46,7 @@ class ReplayOutcome:
     wall_s: float
     token_check: dict[str, Any] = field(default_factory=dict)
     signal: int | None = None
+    input_lengths: str | None = None  # the mode the replay used
 
 
 class Progress:
@@ -142,6 +144,18 @@ def _finalize_energy(run_dir: Path) -> None:
               "the measurements are in energy.json and power.csv", file=sys.stderr)
 
 
+WARM_MAX = 64  # connections opened before t0, at most
+
+
+def largest_burst(arrivals: list[float], limit: int) -> int:
+    """How many workflows arrive at one instant at most (to the microsecond): the connections
+    worth opening before t0."""
+    from collections import Counter
+
+    most = max(Counter(round(t, 6) for t in arrivals).values(), default=0)
+    return min(most, limit, WARM_MAX)
+
+
 def _mark_all(sched: Scheduler | None, trace, workflows, engine, record, opts, why: str) -> None:
     """Give every call without a result its "not finished" line (also when the run never began,
     e.g. the engine failed to start), so requests.jsonl always covers the whole trace."""
@@ -171,6 +185,7 @@ async def replay_async(
     engine_cls = get_engine(engine_name)
     engine: Engine = engine_cls.from_options(engine_options)
     notes = check_feasible(trace, workflows, engine.capabilities, opts)
+    mode, _ = resolve_mode(opts.input_lengths, engine.capabilities, opts.live_refs)
     if not opts.force_output_length:
         notes.append("output lengths not forced (--no-force-length): responses end where the model stops")
     await engine.preflight()
@@ -224,16 +239,23 @@ async def replay_async(
             error = str(e)
             raise
         desc = engine.describe()
+        # What every call sends (recorded or natural input lengths), then every call-level
+        # request built ahead: before the meters' idle baseline, so that neither the baseline
+        # nor the run pays for it.
+        plan = await asyncio.to_thread(
+            make_plan, trace, workflows, mode, trace_tokenizer_dir=opts.trace_tokenizer,
+            served=lambda: resolve_served(opts.tokenizer or desc.get("model_path"), engine),
+        )
+        notes.extend(plan.notes)
+        store = PromptStore(trace, workflows, plan, engine, opts, trace.recorded_outputs(), arrival_times(workflows, opts),
+                            budget_bytes=int(opts.prompt_memory_mb * 2**20) if opts.prompt_memory_mb is not None else None)
+        await asyncio.to_thread(store.prebuild, progress)
         fid = engine.fidelity()
         fid.notes.extend(notes)
+        fid.input_lengths = mode
         if not opts.force_output_length:
             fid.output_length_forced = False
-        tok = None
-        if any(not c.has_text for w in workflows for c in w.calls):
-            tok, note = synth_tokenizer(desc.get("model_path"))
-            if note:
-                fid.notes.append(note)
-                notes.append(note)
+        tok = plan.vocab
         files = {"requests": runmod.REQUESTS}
         if engine.log_path() is not None:
             files["engine_log"] = os.path.relpath(engine.log_path(), run_dir)  # type: ignore[arg-type]
@@ -243,6 +265,7 @@ async def replay_async(
             scraper = MetricsScraper(murl, run_dir / runmod.METRICS, t0=0.0)
         writer.update(
             engine=desc,
+            prompts={**plan.info, **store.to_dict()},
             fidelity=fid.to_dict(),
             versions=runmod.versions(engine=desc.get("server_version")),
             files=files,
@@ -256,7 +279,9 @@ async def replay_async(
             files.update(energy=runmod.ENERGY, power_timeline=TIMELINE_FILE)
             writer.update(files=files)
             await meters.measure_baseline_async()  # idle, engine up: what "net" subtracts
-        sched = Scheduler(trace, workflows, engine, record, opts, tok)
+        sched = Scheduler(trace, workflows, engine, record, opts, tok, prompts=store if store.enabled else None)
+        if not engine.capabilities.whole_workflow:
+            await engine.warm(largest_burst(arrival_times(workflows, opts), engine_options.max_connections))
         if on_scheduler is not None:
             on_scheduler(sched, asyncio.current_task())  # type: ignore[arg-type]
         # The trace and everything built so far live for the whole run: move them out of the
@@ -343,11 +368,17 @@ async def replay_async(
             extra["token_check"] = sched.check.to_dict()
             fid = engine.fidelity()
             fid.notes.extend(notes)
+            fid.input_lengths = mode
             if not opts.force_output_length:
                 fid.output_length_forced = False
             if sched.check.output_mismatch:
                 fid.notes.append(f"{sched.check.output_mismatch} response(s) had an output token count other than the recorded one")
+            if sched.check.input_mismatch:
+                why = "" if mode == "recorded" else " (input lengths natural: the served tokenizer counts the recorded text)"
+                fid.notes.append(f"{sched.check.input_mismatch} response(s) had an input token count other than the recorded one{why}")
             extra["fidelity"] = fid.to_dict()
+            if sched.prompts is not None:
+                extra["prompts"] = {**(writer.meta.get("prompts") or {}), **sched.prompts.to_dict()}
         if scraper is not None:
             extra["metrics_scrape"] = scraper.to_dict()
         writer.finish(status, error, **extra)
@@ -362,6 +393,7 @@ async def replay_async(
         failed=sched.failed,
         wall_s=time.perf_counter() - t_start,
         token_check=sched.check.to_dict(),
+        input_lengths=mode,
     )
 
 

@@ -14,7 +14,9 @@
 Every call ends with exactly one result through `sink`: finished, failed, skipped because a
 dependency failed, or "not finished: <why>" when the run stops early (engine death,
 Ctrl-C/SIGTERM). Deterministic load: `build_request` is the one seam where a trace Call
-becomes an engine Request (output length forced, prompt rebuilt from segments).
+becomes an engine Request (output length forced, prompt rebuilt from segments, or the token
+ids of its recorded length); `prompts.PromptStore` makes every call-level request (body
+encoded) before it is due, so that issuing one is only the send.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from mrw.errors import NotSupportedError, TraceError
 from mrw.trace import Call, Header, Trace, Workflow
 
 from .engines.base import CallResult, Capabilities, Engine, Request
+from .prompts import PromptStore, resolve_mode
 from .timer import DeadlineTimer
 
-# Call-level engines: how long before a workflow's arrival its first requests are rendered
-# (prompt joined, body serialised), so that the issue at the deadline is only the send.
+# Call-level engines: how long before a workflow's arrival its first requests are taken from
+# the prompt store (built long before: prompts.PromptStore) and their tasks started, so that
+# the issue at the deadline is only the send.
 PREPARE_AHEAD_S = 0.002
 
 # Sampling fields the replayer owns (forced length, streaming) or that would change the
@@ -53,6 +57,10 @@ class ReplayOptions:
     max_workflows: int | None = None  # replay only the first N workflows (in trace order)
     save_outputs: bool = False  # keep generated text in requests.jsonl
     token_times: bool = True  # keep per-chunk arrival times in requests.jsonl
+    input_lengths: str | None = None  # recorded | natural; None: recorded where the engine can (mrw.replay.prompts)
+    tokenizer: str | None = None  # the served model's tokenizer folder, when the engine's is not on this host
+    trace_tokenizer: str | None = None  # the folder of the tokenizer the trace's counts are in
+    prompt_memory_mb: float | None = None  # budget for request bodies built ahead (default: 1/4 of free memory, <= 4 GiB)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
@@ -102,26 +110,6 @@ def synth_prompt(call: Call, header: Header, tokenizer: Any = None) -> list[int]
     return synth.prompt_token_ids(call, header, tokenizer)
 
 
-def synth_tokenizer(model_path: str | None) -> tuple[Any, str | None]:
-    """(the served model's tokenizer, None) when its folder is on this host, else (None, a
-    fidelity note): synthetic prompts then use mrw.synth's fallback vocabulary."""
-    if model_path:
-        try:
-            from transformers import AutoTokenizer
-
-            return AutoTokenizer.from_pretrained(model_path), None
-        except Exception as e:  # not on this host, or not a tokenizer folder
-            why = f"{type(e).__name__}"
-        else:  # pragma: no cover
-            why = ""
-    else:
-        why = "the engine does not say which model folder it serves"
-    return None, (
-        f"text-free calls: token ids drawn from mrw.synth's fallback vocabulary ({why}); "
-        "prefix sharing is reproduced, token identities are not the model's"
-    )
-
-
 def build_request(
     call: Call,
     workflow_id: str,
@@ -129,15 +117,19 @@ def build_request(
     header: Header,
     opts: ReplayOptions,
     tokenizer: Any = None,
+    *,
+    prompt: str | list[int] | None = None,
 ) -> Request:
-    """The one place a trace Call becomes a Request: prompt rebuilt, output length forced."""
-    messages = prompt = None
-    if call.messages is not None:
-        messages = call.render_messages(outputs)
-    elif call.prompt is not None:
-        prompt = call.render_prompt(outputs)
-    else:
-        prompt = synth_prompt(call, header, tokenizer)
+    """The one place a trace Call becomes a Request: prompt rebuilt (or `prompt` as given: the
+    token ids of its recorded length), output length forced."""
+    messages = None
+    if prompt is None:
+        if call.messages is not None:
+            messages = call.render_messages(outputs)
+        elif call.prompt is not None:
+            prompt = call.render_prompt(outputs)
+        else:
+            prompt = synth_prompt(call, header, tokenizer)
     sampling = {k: v for k, v in call.sampling.items() if k not in _OWNED_FIELDS}
     n = max(1, call.output_tokens)
     if opts.force_output_length:
@@ -159,16 +151,15 @@ def build_request(
 
 
 def check_feasible(trace: Trace, workflows: list[Workflow], caps: Capabilities, opts: ReplayOptions) -> list[str]:
-    """Refuse, before anything starts, what cannot be replayed; return fidelity notes."""
-    notes: list[str] = []
+    """Refuse, before anything starts, what cannot be replayed (an input-length mode the engine
+    cannot take included: `prompts.resolve_mode`); return fidelity notes."""
+    _, notes = resolve_mode(opts.input_lengths, caps, opts.live_refs)
     recorded = trace.recorded_outputs()
     textless = 0
     for w in workflows:
         for c in w.calls:
             if not c.has_text:
-                if c.hash_ids is None:
-                    raise TraceError(f"call {c.id} has neither text nor hash_ids: nothing to send")
-                textless += 1
+                textless += 1  # hash_ids, or a count only (an import such as Azure): unique prompts
             elif not opts.live_refs:
                 for r in c.refs():
                     if r not in recorded:
@@ -177,10 +168,13 @@ def check_feasible(trace: Trace, workflows: list[Workflow], caps: Capabilities, 
                         )
     if textless:
         if not caps.token_id_prompts:
-            raise NotSupportedError(f"{textless} call(s) have no text (hash_ids only) and this engine cannot take token-id prompts")
+            raise NotSupportedError(f"{textless} call(s) have no text (hash_ids or token counts only) and this engine "
+                                    "cannot take token-id prompts; a server whose /v1/completions takes them (vLLM, SGLang): "
+                                    "--openai-supports token_ids")
         first = next(c for w in workflows for c in w.calls if not c.has_text)
         synth_prompt(first, trace.header)  # raises the one clear error if it cannot work
-        notes.append(f"{textless} text-free call(s) replayed with synthetic token-id prompts built from their hash_ids (mrw.synth)")
+        notes.append(f"{textless} text-free call(s) replayed with synthetic token-id prompts of their recorded lengths "
+                     "(mrw.synth: from their hash_ids; unique where a call has none)")
     if opts.live_refs:
         notes.append("--live-refs: prompts splice live upstream outputs, so input token counts may differ from the trace")
     return notes
@@ -246,8 +240,9 @@ class Scheduler:
     """Replays `workflows` against `engine`; `sink` receives every call's result once."""
 
     def __init__(self, trace: Trace, workflows: list[Workflow], engine: Engine, sink: Sink, opts: ReplayOptions,
-                 tokenizer: Any = None):
-        self.tokenizer = tokenizer  # for synthetic prompts of text-free calls
+                 tokenizer: Any = None, prompts: PromptStore | None = None):
+        self.tokenizer = tokenizer  # for synthetic prompts of text-free calls (a tokenizer or a synth.Vocab)
+        self.prompts = prompts  # call-level requests built ahead (None: each built when released)
         self.trace = trace
         self.workflows = workflows
         self.engine = engine
@@ -294,10 +289,15 @@ class Scheduler:
             return
         self._timer = DeadlineTimer(loop)
         arrivals = loop.create_task(self._arrive_all(), name="arrivals")
+        window = None
+        if self.prompts is not None and self.prompts.pending and not self.whole_workflow:
+            window = loop.create_task(self.prompts.fill(self.now, self._timer), name="prompts")
         try:
             await self._done
         finally:
             arrivals.cancel()
+            if window is not None:
+                window.cancel()
             await self._cancel_all()
             self._timer.close()
             if self.stop_reason is not None:
@@ -367,7 +367,9 @@ class Scheduler:
 
     async def _issue(self, n: _Node, t_sched: float) -> None:
         c = n.call
-        req = build_request(c, n.wf.id, self.outputs, self.trace.header, self.opts, self.tokenizer)
+        req = self.prompts.take(c, n.wf.id, self.outputs) if self.prompts is not None else None
+        if req is None:
+            req = build_request(c, n.wf.id, self.outputs, self.trace.header, self.opts, self.tokenizer)
         if t_sched - self.now() > 0:
             await self._timer.wait_until(self.engine.t0 + t_sched)
         if self.stop_reason is not None:

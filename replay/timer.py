@@ -82,6 +82,11 @@ class DeadlineTimer:
             self._arm(deadline)
         return fut
 
+    def next_deadline(self) -> float | None:
+        """The earliest deadline still waited for (perf_counter seconds), or None: background
+        work (prompts built during the run) stays clear of it."""
+        return self._heap[0][0] if self._heap else None
+
     def _arm(self, deadline: float) -> None:
         self._armed = deadline
         if self._fd >= 0:

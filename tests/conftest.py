@@ -26,14 +26,27 @@ def tiny() -> ModelSpec:
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tiny: ModelSpec, tmp_path_factory: pytest.TempPathFactory):
-    """One real vLLM server for the whole session; tests must not stop it."""
+def other_tiny() -> ModelSpec:
+    """A tiny model with another vocabulary (tests/other_vocab.py), built once."""
+    from other_vocab import other_vocab_model
+
+    return other_vocab_model()
+
+
+def serve_for_tests(model: ModelSpec, tmp_path_factory: pytest.TempPathFactory):
+    """A real vLLM serving `model` as the tests' servers are set up (yields it, stops it after)."""
     _need_vllm()
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    server = VllmServer(tiny, VllmOptions(max_model_len=4096, max_num_seqs=16), log_path=log, quiet=True)
+    server = VllmServer(model, VllmOptions(max_model_len=4096, max_num_seqs=16), log_path=log, quiet=True)
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny: ModelSpec, tmp_path_factory: pytest.TempPathFactory):
+    """One real vLLM server for the whole session; tests must not stop it."""
+    yield from serve_for_tests(tiny, tmp_path_factory)
 
 
 @pytest.fixture

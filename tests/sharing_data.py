@@ -121,3 +121,13 @@ def trace_file(tmp_path, text_trace) -> Path:
     from mrw.trace import dump
 
     return dump(text_trace, tmp_path / "composite.json")
+
+
+def common_prefix(a, b) -> int:
+    """How many leading items two sequences share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

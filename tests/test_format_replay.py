@@ -18,7 +18,6 @@ from mrw.trace import load
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 DATA = Path(__file__).parent / "data" / "formats"
-COUNT_ONLY = pytest.mark.xfail(strict=True, reason="needs issue 15's count-only replay")
 
 # (format, fixture, --time-scale, --wait-scale): scales that bring each fixture to seconds
 CASES = [
@@ -26,9 +25,9 @@ CASES = [
     pytest.param("weka", "weka", 1.0, 0.02, id="weka"),
     pytest.param("tracelab", "tracelab.jsonl", 1e-6, 0.02, id="tracelab"),
     pytest.param("copilot-agent", "copilot-agent", 0.05, 0.02, id="copilot-agent"),
-    pytest.param("azure", "azure2023.csv", 0.5, 1.0, id="azure2023", marks=COUNT_ONLY),
-    pytest.param("azure", "azure2024.csv", 0.001, 1.0, id="azure2024", marks=COUNT_ONLY),
-    pytest.param("azure", "azure2025.csv", 0.5, 1.0, id="azure2025", marks=COUNT_ONLY),
+    pytest.param("azure", "azure2023.csv", 0.5, 1.0, id="azure2023"),
+    pytest.param("azure", "azure2024.csv", 0.001, 1.0, id="azure2024"),
+    pytest.param("azure", "azure2025.csv", 0.5, 1.0, id="azure2025"),
 ]
 MAX_IN, MAX_OUT = 1500, 12  # tokens per call after scaling: fits the 4096-token test model, quick on a CPU
 

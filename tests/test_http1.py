@@ -122,3 +122,80 @@ def test_silent_server_times_out():
         server.close()
 
     run(main())
+
+
+def test_large_bodies_arrive_whole_heads_first_and_the_connection_is_reused():
+    """Bodies far beyond what one write hands the kernel: every byte arrives in order, a
+    burst's heads reach the server before the bodies are through, and the keep-alive
+    connection is reused afterwards. A server that answers before reading a large body
+    leaves a connection that is not reused."""
+    import hashlib
+
+    async def main():
+        seen: list[tuple[int, str]] = []
+        order: list[str] = []
+
+        async def on_conn(reader, writer):
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(b":")[1])
+                    order.append("head")
+                    if b"/early" in head:  # answers at once, body unread
+                        writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+                        await writer.drain()
+                        break
+                    body = await reader.readexactly(length)
+                    order.append("body")
+                    seen.append((len(body), hashlib.sha256(body).hexdigest()))
+                    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(SSE))
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = http1.Http1Pool("127.0.0.1", port, limit=8)
+        assert await pool.warm(4) == 4
+        handed: list[list[int]] = []  # bytes handed to each transport, per call
+
+        def count(c):
+            sizes: list[int] = []
+            handed.append(sizes)
+            w, wl = c.transport.write, c.transport.writelines
+            inner = [False]  # asyncio's writelines calls write: count the outer call only
+
+            def write(b):
+                if not inner[0]:
+                    sizes.append(len(b))
+                w(b)
+
+            def writelines(bs):
+                sizes.append(sum(len(b) for b in bs))
+                inner[0] = True
+                try:
+                    wl(bs)
+                finally:
+                    inner[0] = False
+
+            c.transport.write, c.transport.writelines = write, writelines
+
+        for c in pool._idle:
+            count(c)
+        bodies = [bytes([65 + k]) * (3 * 2**20 + 17 * k) for k in range(4)]
+        res = await asyncio.gather(*[pool.stream("/v1/completions", b, lambda d, t: None) for b in bodies])
+        # at issue, each request handed over its head and the first FIRST_BYTES only; the rest followed
+        assert all(0 < sizes[0] <= http1.FIRST_BYTES + 512 for sizes in handed)
+        assert sorted(sum(x) - x[0] + http1.FIRST_BYTES for x in handed) == sorted(len(b) for b in bodies)
+        assert res == [(200, b"")] * 4
+        assert sorted(seen) == sorted((len(b), hashlib.sha256(b).hexdigest()) for b in bodies)
+        assert order[:4] == ["head"] * 4  # every head before any body was through
+        assert len(pool._idle) == 4 and not pool._pumping
+        status, _ = await pool.stream("/early", bodies[0], lambda d, t: None)
+        assert status == 413 and len(pool._idle) == 3  # not reused: its body was not all sent
+        await pool.aclose()
+        server.close()
+
+    run(main())

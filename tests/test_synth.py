@@ -6,20 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-from sharing_data import text_trace, tok_dir, tokenizer  # noqa: F401
+from sharing_data import common_prefix, text_trace, tok_dir, tokenizer  # noqa: F401
 
 from mrw import synth
 from mrw.anonymize import anonymize
 from mrw.trace import Call
-
-
-def common_prefix(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @pytest.fixture()

@@ -72,10 +72,12 @@ class Mrw(Adapter):
 
     def job(self, s: Schedule, url: str, workdir: Path) -> Job:
         trace = write_mrw(s, workdir / "trace.json")
+        # Text-free schedules (mooncake) are token-id prompts, which the zero server takes as vLLM does.
+        supports = "min_tokens,ignore_eos" + (",token_ids" if s.kind == "mooncake" else "")
         cmd = [
             self.python, "-m", "mrw", "replay", str(trace),
             "--engine", "openai", "--url", url + "/v1", "--model", MODEL,
-            "--openai-supports", "min_tokens,ignore_eos",
+            "--openai-supports", supports,
             "--out", str(workdir / "run"), "--quiet", *self.extra_args,
         ]
         return Job(cmd, workdir=workdir)
@@ -85,21 +87,30 @@ class Mrw(Adapter):
         if not (run / "requests.jsonl").exists():
             return {}
         late, ok, n = [], 0, 0
+        by_pos: dict[int, list[float]] = {}
         with open(run / "requests.jsonl", "rb") as f:
             for line in f:
                 r = orjson.loads(line)
                 n += 1
                 ok += bool(r.get("ok"))
                 if r.get("t_issue") is not None and r.get("t_scheduled") is not None:
-                    late.append((r["t_issue"] - r["t_scheduled"]) * 1e3)
+                    x = (r["t_issue"] - r["t_scheduled"]) * 1e3
+                    late.append(x)
+                    if s.kind == "mooncake":  # call ids are w<j>.c0, j in schedule order
+                        j = int(r["call_id"][1:].split(".")[0])
+                        by_pos.setdefault(s.burst_position(j), []).append(x)
         meta = orjson.loads((run / "run.json").read_bytes())
         clock = meta.get("clock") or {}
-        return {
+        out = {
             "requests": n,
             "ok": ok,
             "t0_perf_counter": clock.get("t0_perf_counter"),
             "client_lateness_ms": {"p50": _pct(late, 50), "p99": _pct(late, 99), "max": max(late) if late else None},
+            "prompts": meta.get("prompts"),
         }
+        if by_pos:
+            out["burst_position_ms"] = {str(p): {"p50": _pct(by_pos.get(p, []), 50), "n": len(by_pos.get(p, []))} for p in (0, 5, 10)}
+        return out
 
 
 class AIPerf(Adapter):
@@ -129,15 +140,23 @@ class AIPerf(Adapter):
 
     def job(self, s: Schedule, url: str, workdir: Path) -> Job:
         data = write_aiperf(s, workdir / "schedule.jsonl")
+        block = ["--isl-block-size", str(s.block)] if s.kind == "mooncake" else []
+        tokenizer, env = str(self.tokenizer), {}
+        if s.kind == "mooncake":
+            # AIPerf 0.13 builds prompts from hash_ids in a worker pool that loads the tokenizer
+            # in offline mode, where only a hub-cache repo id resolves, never a local folder: the
+            # same local tokenizer, laid out as a hub-cache snapshot in a private HF_HOME.
+            tokenizer, env = "mrw-bench/tokenizer", {"HF_HOME": str(_as_hub_cache(Path(self.tokenizer), workdir / "hf")),
+                                                     "HF_HUB_OFFLINE": "1"}
         cmd = [
             self.exe, "profile", "--model", MODEL, "--url", url, "--endpoint-type", "chat", "--streaming",
             "--input-file", str(data), "--custom-dataset-type", "mooncake_trace", "--fixed-schedule",
-            "--tokenizer", str(self.tokenizer), "--use-server-token-count",
+            "--tokenizer", tokenizer, "--use-server-token-count",
             "--extra-inputs", "ignore_eos:true", "--extra-inputs", f"min_tokens:{s.tokens}",
             "--ui-type", "none", "--no-server-metrics", "--no-gpu-telemetry",
-            "--artifact-dir", str(workdir / "artifacts"), *self.extra_args,
+            "--artifact-dir", str(workdir / "artifacts"), *block, *self.extra_args,
         ]
-        return Job(cmd, workdir=workdir)
+        return Job(cmd, env=env, workdir=workdir)
 
     def own_report(self, s: Schedule, workdir: Path) -> dict[str, Any]:
         p = workdir / "artifacts" / "profile_export_aiperf.json"
@@ -150,6 +169,19 @@ class AIPerf(Adapter):
             if isinstance(v, dict):
                 out[key] = v.get("avg")
         return out
+
+
+def _as_hub_cache(tokenizer_dir: Path, home: Path) -> Path:
+    """`tokenizer_dir`'s files as the hub-cache snapshot of repo `mrw-bench/tokenizer` under `home`."""
+    repo = home / "hub" / "models--mrw-bench--tokenizer"
+    snap = repo / "snapshots" / "local"
+    snap.mkdir(parents=True, exist_ok=True)
+    for f in tokenizer_dir.iterdir():
+        if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")) or f.name == "config.json"):
+            shutil.copyfile(f, snap / f.name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text("local")
+    return home
 
 
 class VllmBench(Adapter):
@@ -180,7 +212,7 @@ class VllmBench(Adapter):
         return None
 
     def supports(self, s: Schedule) -> bool:
-        return s.kind == "independent"
+        return s.kind != "chains"
 
     def job(self, s: Schedule, url: str, workdir: Path) -> Job:
         data = write_vllm(s, workdir / "schedule.jsonl")
@@ -189,7 +221,7 @@ class VllmBench(Adapter):
             "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
             "--model", MODEL, "--tokenizer", str(self.tokenizer),
             "--dataset-name", "timed_trace", "--dataset-path", str(data), "--num-prompts", str(s.n_calls),
-            "--timed-trace-chunk-hash-size", "8",
+            "--timed-trace-chunk-hash-size", str(s.block if s.kind == "mooncake" else 8),
             "--save-result", "--result-dir", str(workdir / "result"), "--result-filename", "result.json",
             "--disable-tqdm",
         ]

@@ -80,6 +80,11 @@ class Request:
     expected_input_tokens: int | None = None
     sampling: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, seed, ...
     keep_output: bool = False  # return the generated text (needed for --live-refs)
+    # Made ahead (mrw.replay.prompts): the engine's encoding of this request (`Engine.encode`),
+    # so that issuing it is only the send; messages and prompt are then dropped, and `chat`
+    # says which endpoint the body is for.
+    body: bytes | None = None
+    chat: bool = False
 
 
 @dataclass(slots=True)
@@ -147,6 +152,7 @@ class Fidelity:
     output_length_forced: bool = True
     input_length_checked: bool = True
     ttft_measured: bool = True
+    input_lengths: str = "natural"  # recorded | natural (mrw.replay.prompts)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -233,6 +239,20 @@ class Engine(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Engine, version, model and host for run.json: never a credential."""
         return {"engine": self.name}
+
+    async def warm(self, connections: int) -> None:
+        """Just before t0: have `connections` ready, so that a burst due at the start does not
+        wait for connections to open (later bursts find the earlier ones idle). Default: nothing."""
+
+    def encode(self, req: Request) -> bytes | None:
+        """The request's body as `run_call` would send it, made ahead of its time (set as
+        `req.body`, `run_call` sends it as is). None: this engine cannot take a prebuilt body."""
+        return None
+
+    def tokenizer_endpoint(self) -> tuple[str, dict[str, str], str | None] | None:
+        """(URL, headers, model) of the engine's /tokenize, where it has one (vLLM): the served
+        tokenizer when its folder is not on this host. Headers stay in memory, never on disk."""
+        return None
 
     async def run_call(self, req: Request) -> CallResult:
         """Call-level engines: issue one request and return its result (ok or not)."""

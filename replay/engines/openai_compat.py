@@ -297,8 +297,15 @@ class OpenAICompatEngine(Engine):
             b.update(self.extra_body)
         return b
 
+    async def warm(self, connections: int) -> None:
+        if self.client is not None and connections > 0:
+            await self.client.warm(connections)
+
+    def encode(self, req: Request) -> bytes:
+        return _dumps(self.body(req))
+
     async def run_call(self, req: Request) -> CallResult:
-        chat = req.messages is not None
+        chat = req.messages is not None or req.chat
         res = CallResult(
             call_id=req.call_id,
             workflow_id=req.workflow_id,
@@ -311,7 +318,7 @@ class OpenAICompatEngine(Engine):
         if pool is None:
             res.error = "engine not started"
             return res
-        content = _dumps(self.body(req))
+        content = req.body if req.body is not None else _dumps(self.body(req))
         t0 = self.t0
         sse = _SSE(chat, t0, req.keep_output)
 

@@ -253,6 +253,9 @@ class VllmEngine(OpenAICompatEngine):
     def metrics_url(self) -> str | None:
         return self.root + "/metrics" if self.root else None
 
+    def tokenizer_endpoint(self) -> tuple[str, dict[str, str], str | None] | None:
+        return (self.root + "/tokenize", dict(self._headers), self.model) if self.root else None
+
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["mode"] = "embedded" if self.embedded else "attached"
